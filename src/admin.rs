@@ -1,0 +1,97 @@
+//! The admin listener: `GET /health` (the gateway itself) and `GET /status` (JSON: pools,
+//! backends, health, in-flight counts).
+
+use crate::runtime::Runtime;
+use async_trait::async_trait;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// The admin HTTP app.
+pub struct Admin {
+    rt: Arc<Runtime>,
+}
+
+impl Admin {
+    /// An admin app reporting on `rt`.
+    pub fn new(rt: Arc<Runtime>) -> Admin {
+        Admin { rt }
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        let mut total_in_flight = 0usize;
+        let pools: serde_json::Map<String, serde_json::Value> = self
+            .rt
+            .pools
+            .iter()
+            .map(|p| {
+                let backends: Vec<_> = p
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let in_flight = b.in_flight.load(Relaxed);
+                        total_in_flight += in_flight;
+                        json!({
+                            "address": b.addr.to_string(),
+                            "configured": b.configured,
+                            "tag": b.tag,
+                            "weight": b.weight,
+                            "healthy": b.usable(),
+                            "active_up": b.active_up(),
+                            "ejected": b.ejected(),
+                            "in_flight": in_flight,
+                            "requests": b.requests.load(Relaxed),
+                            "errors": b.errors.load(Relaxed),
+                        })
+                    })
+                    .collect();
+                let balance = serde_json::to_value(format!("{:?}", p.balance)).unwrap_or_default();
+                (
+                    p.name.clone(),
+                    json!({
+                        "balance": balance,
+                        "health_check": p.health_check.is_some(),
+                        "healthy": p.usable_count(),
+                        "backends": backends,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "routes": self.rt.router.len(),
+            "in_flight": total_in_flight,
+            "pools": pools,
+        })
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/health" => reply(200, "text/plain", b"OK\n".to_vec()),
+            "/status" => {
+                let mut body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+                body.push(b'\n');
+                reply(200, "application/json", body)
+            }
+            _ => reply(404, "text/plain", b"not found: try /health or /status\n".to_vec()),
+        }
+    }
+}

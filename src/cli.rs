@@ -1,0 +1,79 @@
+//! Command line: `gateway [-c FILE] [-t] [-u] [-d]`.
+
+use std::path::PathBuf;
+
+/// Default config path, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "conf/gateway.yaml";
+
+/// Parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cli {
+    /// Config file.
+    pub config: PathBuf,
+    /// Only check the config and exit.
+    pub test: bool,
+    /// Take over the listening sockets of a running gateway (binary upgrade / reload).
+    pub upgrade: bool,
+    /// Run in the background.
+    pub daemon: bool,
+}
+
+/// Usage text.
+pub const USAGE: &str = "usage: gateway [-c FILE] [-t] [-u] [-d]
+  -c, --conf FILE   config file (default: conf/gateway.yaml)
+  -t, --test        check the config (and every file it names) and exit: 0 if valid
+  -u, --upgrade     take the listening sockets over from the running gateway (zero-downtime upgrade)
+  -d, --daemon      run in the background
+  -h, --help        this text
+  -V, --version     print the version";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run (or check) with these settings.
+    Run(Cli),
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses arguments (without the program name).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut cli = Cli { config: PathBuf::from(DEFAULT_CONFIG), test: false, upgrade: false, daemon: false };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-c" | "--conf" => cli.config = it.next().ok_or("-c needs a file")?.into(),
+            "-t" | "--test" => cli.test = true,
+            "-u" | "--upgrade" => cli.upgrade = true,
+            "-d" | "--daemon" => cli.daemon = true,
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            s if s.starts_with("--conf=") => cli.config = s["--conf=".len()..].into(),
+            s if s.starts_with("-c") && s.len() > 2 => cli.config = s[2..].into(),
+            s => return Err(format!("unknown argument \"{s}\"")),
+        }
+    }
+    Ok(Command::Run(cli))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Command, String> {
+        parse(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags() {
+        let Command::Run(c) = p(&["-t", "-c", "x.yaml", "-u", "-d"]).unwrap() else { panic!() };
+        assert_eq!(c, Cli { config: "x.yaml".into(), test: true, upgrade: true, daemon: true });
+        let Command::Run(c) = p(&[]).unwrap() else { panic!() };
+        assert_eq!(c.config, PathBuf::from(DEFAULT_CONFIG));
+        assert_eq!(p(&["--help"]).unwrap(), Command::Help);
+        assert!(p(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(p(&["-c"]).is_err());
+    }
+}

@@ -1,0 +1,379 @@
+//! The YAML config: serde structs mirroring the file (unknown keys are errors, every key has
+//! a default), loading with line/column errors, and the key-path error type used by validation.
+
+mod duration;
+mod errors;
+mod server_conf;
+
+pub use duration::{parse_duration, Dur};
+pub use errors::{ConfigError, Issue, Issues};
+pub use server_conf::server_conf;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The whole config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Pingora's `ServerConf` keys, checked and passed through.
+    pub server: serde_yaml::Mapping,
+    /// Client-facing listeners.
+    pub listeners: Vec<ListenerConf>,
+    /// The admin listener.
+    pub admin: AdminConf,
+    /// Forwarded-header policy.
+    pub forwarded: ForwardedConf,
+    /// Upstream pools by name.
+    pub upstreams: BTreeMap<String, UpstreamConf>,
+    /// Routes, in match order.
+    pub routes: Vec<RouteConf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: serde_yaml::Mapping::new(),
+            listeners: vec![ListenerConf { address: "0.0.0.0:8080".into() }],
+            admin: AdminConf::default(),
+            forwarded: ForwardedConf::default(),
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// One client-facing listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConf {
+    /// `IP:port` to listen on.
+    pub address: String,
+}
+
+/// The admin listener (`/health`, `/status`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConf {
+    /// `IP:port`; 127.0.0.1:9901 by default.
+    pub address: String,
+    /// Whether the admin listener runs.
+    pub enabled: bool,
+}
+
+impl Default for AdminConf {
+    fn default() -> Self {
+        AdminConf { address: "127.0.0.1:9901".into(), enabled: true }
+    }
+}
+
+/// How `X-Forwarded-For` is written.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum XffMode {
+    /// Append the peer to a trusted peer's value; replace an untrusted peer's value.
+    #[default]
+    Append,
+    /// Always replace with the peer's address.
+    Replace,
+    /// Leave the header as the client sent it.
+    Off,
+}
+
+/// Forwarded headers added to proxied requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardedConf {
+    /// CIDRs (or IPs) whose forwarded headers are believed.
+    pub trusted_proxies: Vec<String>,
+    /// `X-Forwarded-For` policy.
+    pub x_forwarded_for: XffMode,
+    /// Send `X-Real-IP`.
+    pub x_real_ip: bool,
+    /// Send `X-Forwarded-Proto`.
+    pub x_forwarded_proto: bool,
+    /// Send `X-Forwarded-Host`.
+    pub x_forwarded_host: bool,
+    /// Send `X-Forwarded-Port`.
+    pub x_forwarded_port: bool,
+}
+
+impl Default for ForwardedConf {
+    fn default() -> Self {
+        ForwardedConf {
+            trusted_proxies: Vec::new(),
+            x_forwarded_for: XffMode::Append,
+            x_real_ip: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            x_forwarded_port: true,
+        }
+    }
+}
+
+/// Load-balancing algorithm of a pool.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Fewest in-flight requests (and open WebSockets) per weight.
+    LeastConn,
+    /// Weighted rendezvous hashing of `hash_key`.
+    ConsistentHash,
+}
+
+/// An upstream pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConf {
+    /// Backends.
+    pub servers: Vec<ServerConf>,
+    /// Balancing algorithm.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Key for `consistent_hash`: `client_ip`, `header:NAME`, `cookie:NAME`, `query:NAME`.
+    #[serde(default = "default_hash_key")]
+    pub hash_key: String,
+    /// Active health checks; absent means none.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConf>,
+    /// Passive health (ejection after errors).
+    #[serde(default)]
+    pub passive: PassiveConf,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsConf,
+    /// Extra backends tried after a connect failure.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+}
+
+fn default_hash_key() -> String {
+    "client_ip".into()
+}
+fn default_retries() -> usize {
+    2
+}
+
+/// One backend of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConf {
+    /// `IP:port` or `name:port`.
+    pub address: String,
+    /// Relative weight, 1..=1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Active health check of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConf {
+    /// HTTP check; absent means a TCP connect check.
+    pub http: Option<HttpCheckConf>,
+    /// Time between checks.
+    pub interval: Dur,
+    /// Time a check may take.
+    pub timeout: Dur,
+    /// Consecutive failures that mark a backend down.
+    pub fails: u32,
+    /// Consecutive successes that mark a backend up.
+    pub passes: u32,
+}
+
+impl Default for HealthCheckConf {
+    fn default() -> Self {
+        HealthCheckConf { http: None, interval: Dur::secs(2), timeout: Dur::secs(1), fails: 2, passes: 1 }
+    }
+}
+
+/// HTTP health check request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpCheckConf {
+    /// Request path.
+    pub path: String,
+    /// Expected status code.
+    pub expect_status: u16,
+    /// Host header sent.
+    pub host: String,
+}
+
+impl Default for HttpCheckConf {
+    fn default() -> Self {
+        HttpCheckConf { path: "/".into(), expect_status: 200, host: "localhost".into() }
+    }
+}
+
+/// Passive health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveConf {
+    /// Errors within `fail_timeout` that eject a backend; 0 disables.
+    pub max_fails: u32,
+    /// Error window and ejection time.
+    pub fail_timeout: Dur,
+}
+
+impl Default for PassiveConf {
+    fn default() -> Self {
+        PassiveConf { max_fails: 3, fail_timeout: Dur::secs(30) }
+    }
+}
+
+/// Timeouts of a pool.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConf {
+    /// TCP connect.
+    pub connect: Dur,
+    /// Waiting for response bytes on plain HTTP.
+    pub read: Dur,
+    /// Writing to the backend.
+    pub write: Dur,
+    /// Upgraded connections with no traffic either way.
+    pub idle: Dur,
+}
+
+impl Default for TimeoutsConf {
+    fn default() -> Self {
+        TimeoutsConf { connect: Dur::secs(5), read: Dur::secs(60), write: Dur::secs(60), idle: Dur::secs(3600) }
+    }
+}
+
+/// One string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single value.
+    One(String),
+    /// Several values.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a slice-like iterator.
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s).iter(),
+            OneOrMany::Many(v) => v.iter(),
+        }
+    }
+}
+
+/// What a route matches.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatchConf {
+    /// Exact host or `*.suffix`, or a list of them.
+    pub host: Option<OneOrMany>,
+    /// Exact path.
+    pub path: Option<String>,
+    /// Path prefix.
+    pub path_prefix: Option<String>,
+}
+
+/// Header rules.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderRulesConf {
+    /// Headers replaced.
+    pub set: BTreeMap<String, String>,
+    /// Headers appended.
+    pub add: BTreeMap<String, String>,
+    /// Headers removed.
+    pub remove: Vec<String>,
+}
+
+/// A fixed response.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RespondConf {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    pub body: String,
+    /// Response headers.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for RespondConf {
+    fn default() -> Self {
+        RespondConf { status: 200, body: String::new(), headers: BTreeMap::new() }
+    }
+}
+
+/// A redirect.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConf {
+    /// Target URL or path.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    /// Append the rest of the path (after `path_prefix`) and the query.
+    #[serde(default)]
+    pub keep_path: bool,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// A route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    /// What the route matches.
+    #[serde(rename = "match", default)]
+    pub matches: MatchConf,
+    /// Pool to proxy to.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Drop `path_prefix` before proxying.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace `path_prefix` with this before proxying.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Fixed response.
+    #[serde(default)]
+    pub respond: Option<RespondConf>,
+    /// Redirect.
+    #[serde(default)]
+    pub redirect: Option<RedirectConf>,
+    /// Rules for the request sent upstream.
+    #[serde(default)]
+    pub request_headers: HeaderRulesConf,
+    /// Rules for the response sent to the client.
+    #[serde(default)]
+    pub response_headers: HeaderRulesConf,
+}
+
+impl Config {
+    /// Parses YAML text; errors name the key path, line and column.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(ConfigError::Yaml)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read(path.display().to_string(), e))?;
+        Config::from_yaml(&text)
+    }
+}

@@ -1,0 +1,281 @@
+//! The Pingora `ProxyHttp` implementation. Each phase is a few lines that delegate to the
+//! router, the pools, the header rules and the access log.
+
+pub mod ctx;
+pub mod headers;
+pub mod router;
+
+use crate::runtime::Runtime;
+use crate::upstream::HashKey;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::Ctx;
+use http::header;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+use router::Action;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The gateway's proxy logic over a compiled [`Runtime`].
+pub struct Gateway {
+    rt: Arc<Runtime>,
+}
+
+impl Gateway {
+    /// A proxy over `rt`.
+    pub fn new(rt: Arc<Runtime>) -> Gateway {
+        Gateway { rt }
+    }
+}
+
+/// Writes a complete response (fixed responses, redirects, 404).
+async fn respond(session: &mut Session, status: u16, headers: &[(header::HeaderName, header::HeaderValue)], body: Bytes, rules: Option<&headers::HeaderRules>) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
+    for (n, v) in headers {
+        resp.append_header(n.clone(), v.clone())?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    if let Some(r) = rules {
+        r.apply(&mut resp);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), body.is_empty() || head_only).await?;
+    if !body.is_empty() && !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Host of the request: the Host header, or the URI authority (HTTP/2).
+fn request_host(req: &RequestHeader) -> &str {
+    req.headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri.authority().map(|a| a.as_str())).unwrap_or("")
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+/// Value of cookie `name` in the request's Cookie headers.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+/// Value of query parameter `name` (not percent-decoded).
+pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let found = self.rt.router.find(request_host(req), req.uri.path());
+        let Some((idx, route)) = found else {
+            respond(session, 404, &[(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"))], Bytes::from_static(b"404 no route\n"), None).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(idx);
+        match &route.action {
+            Action::Proxy { pool } => {
+                ctx.pool = Some(*pool);
+                if let Some(peer) = peer_ip(session) {
+                    ctx.client_ip = Some(self.rt.forwarded.client_ip(peer, session.req_header()));
+                }
+                if session.is_upgrade_req() {
+                    ctx.upgrade = true;
+                    // Pingora reads the upgraded client stream with the downstream read timeout
+                    // (60 s by default): give it the pool's idle timeout instead.
+                    session.set_read_timeout(Some(self.rt.pools[*pool].timeouts.idle.0));
+                }
+                Ok(false)
+            }
+            Action::Respond { status, headers, body } => {
+                respond(session, *status, headers, body.clone(), Some(&route.response_headers)).await?;
+                Ok(true)
+            }
+            Action::Redirect { status, to, keep_path } => {
+                let mut location = to.clone();
+                if *keep_path {
+                    let req = session.req_header();
+                    let rest = req.uri.path().get(route.prefix_len()..).unwrap_or("");
+                    if location.ends_with('/') && rest.starts_with('/') {
+                        location.pop();
+                    }
+                    location.push_str(rest);
+                    if let Some(q) = req.uri.query() {
+                        location.push('?');
+                        location.push_str(q);
+                    }
+                }
+                let loc = header::HeaderValue::try_from(location).map_err(|e| Error::because(ErrorType::InternalError, "bad redirect target", e))?;
+                respond(session, *status, &[(header::LOCATION, loc)], Bytes::new(), Some(&route.response_headers)).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(pool_idx) = ctx.pool else {
+            return Error::e_explain(ErrorType::InternalError, "no pool selected");
+        };
+        let pool = &self.rt.pools[pool_idx];
+        if let Some(prev) = ctx.backend.take() {
+            pool.backends[prev].in_flight.fetch_sub(1, Relaxed);
+        }
+        let req = session.req_header();
+        let mut ip_buf = [0u8; 16];
+        let key: Option<&[u8]> = match (&pool.hash_key, pool.balance) {
+            (_, b) if b != crate::config::Balance::ConsistentHash => None,
+            (HashKey::ClientIp, _) => ctx.client_ip.map(|ip| match ip {
+                IpAddr::V4(v4) => {
+                    ip_buf[..4].copy_from_slice(&v4.octets());
+                    &ip_buf[..4]
+                }
+                IpAddr::V6(v6) => {
+                    ip_buf = v6.octets();
+                    &ip_buf[..]
+                }
+            }),
+            (HashKey::Header(h), _) => req.headers.get(h).map(|v| v.as_bytes()),
+            (HashKey::Cookie(c), _) => cookie(req, c).map(str::as_bytes),
+            (HashKey::Query(q), _) => query_param(req, q).map(str::as_bytes),
+        };
+        let Some(idx) = pool.select(key, ctx.tried) else {
+            log::warn!("upstream {}: no usable backend for {} {} ({} of {} up, {} tried)", pool.name, req.method, req.uri, pool.usable_count(), pool.backends.len(), ctx.attempts);
+            let status = if ctx.attempts > 0 { 502 } else { 503 };
+            return Error::e_explain(ErrorType::HTTPStatus(status), format!("upstream {}: no usable backend", pool.name));
+        };
+        if idx < 64 {
+            ctx.tried |= 1 << idx;
+        }
+        ctx.attempts += 1;
+        ctx.backend = Some(idx);
+        let b = &pool.backends[idx];
+        b.in_flight.fetch_add(1, Relaxed);
+        b.requests.fetch_add(1, Relaxed);
+        ctx.peer_at = Some(std::time::Instant::now());
+        Ok(b.peer(ctx.upgrade))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.connect_time = ctx.peer_at.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        let Some(route) = ctx.route.map(|r| self.rt.router.get(r)) else { return Ok(()) };
+        if let Some(pq) = route.rewrite.apply(upstream_request.uri.path(), upstream_request.uri.query()) {
+            let uri = http::Uri::try_from(pq).map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewritten path is not a valid URI", e))?;
+            upstream_request.set_uri(uri);
+        }
+        let local_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        self.rt.forwarded.apply(upstream_request, peer_ip(session), tls, local_port);
+        route.request_headers.apply(upstream_request);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.response_time = ctx.peer_at.map(|t| t.elapsed());
+        if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
+            self.rt.pools[p].report_success(b);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(r) = ctx.route {
+            self.rt.router.get(r).response_headers.apply(resp);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
+            let pool = &self.rt.pools[p];
+            pool.report_failure(b);
+            // Nothing has been sent yet, so trying another backend is safe for any method.
+            let more = ctx.attempts <= pool.retries && ctx.attempts < pool.backends.len();
+            log::warn!("upstream {} backend {} connect failed ({}): {}", pool.name, peer, if more { "retrying" } else { "giving up" }, e);
+            e.set_retry(more);
+        }
+        let _ = session;
+        e
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
+        if e.esource() == &ErrorSource::Upstream {
+            if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
+                self.rt.pools[p].report_failure(b);
+            }
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let pool = ctx.pool.map(|p| &self.rt.pools[p]);
+        if let (Some(pool), Some(b)) = (pool, ctx.backend) {
+            pool.backends[b].in_flight.fetch_sub(1, Relaxed);
+        }
+        if !log::log_enabled!(target: "access", log::Level::Info) {
+            return;
+        }
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let ms = |d: Option<Duration>| d.map_or_else(|| "-".to_string(), |d| format!("{:.3}", d.as_secs_f64()));
+        let upstream = match (pool, ctx.backend) {
+            (Some(p), Some(b)) => format!("{}/{}", p.name, p.backends[b].addr),
+            (Some(p), None) => format!("{}/-", p.name),
+            _ => "-".into(),
+        };
+        log::info!(
+            target: "access",
+            "{} \"{} {} {:?}\" {} {} route={} upstream={} rt={} uct={} urt={}{}{}",
+            session.client_addr().map_or_else(|| "-".to_string(), |a| a.to_string()),
+            req.method,
+            req.uri,
+            req.version,
+            status,
+            session.body_bytes_sent(),
+            ctx.route.map_or("-", |r| self.rt.router.get(r).name.as_str()),
+            upstream,
+            ms(Some(ctx.start.elapsed())),
+            ms(ctx.connect_time),
+            ms(ctx.response_time),
+            if ctx.upgrade { " upgrade" } else { "" },
+            e.map_or_else(String::new, |e| format!(" error=\"{}\"", e.etype().as_str())),
+        );
+    }
+}

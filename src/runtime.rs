@@ -1,0 +1,113 @@
+//! The compiled config: everything the request path needs, built and validated once at load.
+//! `Runtime::compile` is also the `-t` check: every problem comes back with its key path.
+
+use crate::config::{server_conf, Config, ConfigError, Issue, Issues};
+use crate::proxy::headers::Forwarded;
+use crate::proxy::router::{Action, Router};
+use crate::upstream::Pool;
+use pingora_core::server::configuration::ServerConf;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Socket.IO's default pingInterval + pingTimeout: upgraded connections must outlive it.
+const SOCKETIO_HEARTBEAT_SECS: u64 = 45;
+/// Socket.IO's default pingInterval: a held polling request lasts this long.
+const SOCKETIO_POLL_SECS: u64 = 25;
+
+/// A validated, compiled config.
+pub struct Runtime {
+    /// Route table.
+    pub router: Router,
+    /// Pools, indexed by `Action::Proxy { pool }`.
+    pub pools: Vec<Arc<Pool>>,
+    /// Forwarded-header policy.
+    pub forwarded: Forwarded,
+    /// Client-facing listener addresses.
+    pub listeners: Vec<SocketAddr>,
+    /// Admin listener, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// Pingora's server settings.
+    pub server_conf: ServerConf,
+    /// Non-fatal findings (printed by `-t` and at start).
+    pub warnings: Vec<Issue>,
+}
+
+fn parse_listen(addr: &str, at: String, issues: &mut Issues) -> Option<SocketAddr> {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            issues.error(at, format!("invalid socket address \"{addr}\" (expected IP:port, e.g. 0.0.0.0:8080)"));
+            None
+        }
+    }
+}
+
+impl Runtime {
+    /// Validates and compiles `cfg`; on failure returns every problem with its key path.
+    pub fn compile(cfg: &Config) -> Result<Runtime, ConfigError> {
+        let mut issues = Issues::default();
+        let server_conf = server_conf(&cfg.server, &mut issues);
+
+        let mut listeners = Vec::new();
+        if cfg.listeners.is_empty() {
+            issues.error("listeners", "needs at least one listener");
+        }
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if let Some(a) = parse_listen(&l.address, format!("listeners[{i}].address"), &mut issues) {
+                if listeners.contains(&a) {
+                    issues.error(format!("listeners[{i}].address"), format!("{a} is listed twice"));
+                }
+                listeners.push(a);
+            }
+        }
+        let admin = if cfg.admin.enabled { parse_listen(&cfg.admin.address, "admin.address".into(), &mut issues) } else { None };
+        if let Some(a) = admin {
+            if listeners.contains(&a) {
+                issues.error("admin.address", format!("{a} is also a client listener"));
+            }
+        }
+
+        let forwarded = Forwarded::compile(&cfg.forwarded, &mut issues);
+        let mut pools = Vec::new();
+        let mut pool_index = HashMap::new();
+        for (name, u) in &cfg.upstreams {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                issues.error(format!("upstreams.{name}"), "pool names use letters, digits, '-', '_' and '.'");
+            }
+            pool_index.insert(name.clone(), pools.len());
+            pools.push(Arc::new(Pool::compile(name, u, &mut issues)));
+        }
+        let router = Router::compile(&cfg.routes, &pool_index, &mut issues);
+        if cfg.routes.is_empty() {
+            issues.warn("routes", "no routes: every request gets 404");
+        }
+        for (i, rc) in cfg.routes.iter().enumerate() {
+            let carries_socketio = rc.matches.path_prefix.as_deref().or(rc.matches.path.as_deref()).is_some_and(|p| p.contains("socket.io"));
+            let Some(pool) = rc.upstream.as_ref().and_then(|u| pool_index.get(u)).map(|&p| &pools[p]) else { continue };
+            if carries_socketio {
+                let t = pool.timeouts;
+                if t.idle.0.as_secs() < SOCKETIO_HEARTBEAT_SECS {
+                    issues.warn(format!("upstreams.{}.timeouts.idle", pool.name), format!("{} is less than Socket.IO's pingInterval + pingTimeout (45s by default): routes[{i}] carries Socket.IO and its WebSockets would be cut", t.idle));
+                }
+                if t.read.0.as_secs() <= SOCKETIO_POLL_SECS {
+                    issues.warn(format!("upstreams.{}.timeouts.read", pool.name), format!("{} does not exceed Socket.IO's pingInterval (25s by default): routes[{i}] carries Socket.IO and its held polls would time out", t.read));
+                }
+            }
+        }
+        // Unused pools are allowed (health-checked, visible in /status), but worth a note.
+        for (name, &p) in &pool_index {
+            if !router_uses(&router, p) && issues.errors.is_empty() {
+                issues.warn(format!("upstreams.{name}"), "not used by any route");
+            }
+        }
+        if !issues.errors.is_empty() {
+            return Err(ConfigError::Invalid(issues.errors));
+        }
+        Ok(Runtime { router, pools, forwarded, listeners, admin, server_conf, warnings: issues.warnings })
+    }
+}
+
+fn router_uses(router: &Router, pool: usize) -> bool {
+    (0..router.len()).any(|i| matches!(router.get(i).action, Action::Proxy { pool: p } if p == pool))
+}

@@ -1,0 +1,57 @@
+//! Builds the Pingora server from a compiled [`Runtime`]: the proxy service on every listener,
+//! one health-check background service per checked pool, and the admin service.
+
+use crate::admin::Admin;
+use crate::proxy::Gateway;
+use crate::runtime::Runtime;
+use crate::upstream::HealthChecker;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::Opt;
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+
+/// Command-line switches that Pingora acts on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunFlags {
+    /// Take the listening sockets over from a running process (`-u`).
+    pub upgrade: bool,
+    /// Run in the background (`-d`).
+    pub daemon: bool,
+}
+
+/// Builds the server with all its services; call `run_forever` on the result.
+pub fn build(rt: Runtime, flags: RunFlags) -> Server {
+    let rt = Arc::new(rt);
+    let opt = Opt { upgrade: flags.upgrade, daemon: flags.daemon, nocapture: false, test: false, conf: None };
+    let mut server = Server::new_with_opt_and_conf(opt, clone_conf(&rt));
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(rt.clone()), "gateway");
+    for l in &rt.listeners {
+        proxy.add_tcp(&l.to_string());
+    }
+    let mut health = Vec::new();
+    for pool in &rt.pools {
+        if let Some(checker) = HealthChecker::new(pool.clone()) {
+            health.push(server.add_service(background_service(&format!("health {}", pool.name), checker)));
+        }
+    }
+    let proxy = server.add_service(proxy);
+    // Accept traffic only once every pool's first health-check round has run.
+    proxy.add_dependencies(&health);
+
+    if let Some(addr) = rt.admin {
+        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin::new(rt.clone())));
+        admin.add_tcp(&addr.to_string());
+        let admin = server.add_service(admin);
+        admin.add_dependency(&proxy);
+    }
+    server
+}
+
+/// Pingora's `ServerConf` is not `Clone`; round-trip it through YAML.
+fn clone_conf(rt: &Runtime) -> pingora_core::server::configuration::ServerConf {
+    serde_yaml::to_string(&rt.server_conf).ok().and_then(|s| serde_yaml::from_str(&s).ok()).unwrap_or_default()
+}

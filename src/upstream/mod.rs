@@ -1,0 +1,340 @@
+//! Upstream pools: backends with their live state (active health, passive ejection, in-flight
+//! counts), the balancing algorithms, and the peer options each request is sent with.
+//! Selection is lock-free: a few atomics per backend, no allocation.
+
+mod health;
+mod select;
+
+pub use health::HealthChecker;
+
+use crate::config::{Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf};
+use once_cell::sync::Lazy;
+use pingora_core::upstreams::peer::HttpPeer;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
+
+/// Milliseconds since the process started (a cheap monotonic clock for ejection windows).
+pub fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// Where the `consistent_hash` key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client address (after trusted-proxy resolution).
+    ClientIp,
+    /// A request header.
+    Header(http::header::HeaderName),
+    /// A cookie.
+    Cookie(String),
+    /// A query parameter.
+    Query(String),
+}
+
+/// One backend and its live state.
+#[derive(Debug)]
+pub struct Backend {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Address as written in the config.
+    pub configured: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Short, stable, opaque name of this backend (for affinity and logs).
+    pub tag: String,
+    peer_http: HttpPeer,
+    peer_upgrade: HttpPeer,
+    /// Last active health-check verdict.
+    pub(crate) active_up: AtomicBool,
+    ejected_until: AtomicU64,
+    fails: AtomicU32,
+    window_start: AtomicU64,
+    /// Requests (and WebSockets) currently being proxied to this backend.
+    pub in_flight: AtomicUsize,
+    /// Requests sent to this backend.
+    pub requests: AtomicU64,
+    /// Connect or proxy errors seen with this backend.
+    pub errors: AtomicU64,
+}
+
+impl Backend {
+    /// Whether the backend may receive new requests now.
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.active_up.load(Relaxed) && self.ejected_until.load(Relaxed) <= now_ms()
+    }
+
+    /// Whether active checks say the backend is up.
+    pub fn active_up(&self) -> bool {
+        self.active_up.load(Relaxed)
+    }
+
+    /// Whether passive checks have ejected the backend right now.
+    pub fn ejected(&self) -> bool {
+        self.ejected_until.load(Relaxed) > now_ms()
+    }
+
+    /// A peer to send one request to (upgrade requests get the idle timeout).
+    pub fn peer(&self, upgrade: bool) -> Box<HttpPeer> {
+        Box::new(if upgrade { self.peer_upgrade.clone() } else { self.peer_http.clone() })
+    }
+}
+
+/// A pool of backends.
+#[derive(Debug)]
+pub struct Pool {
+    /// Pool name from the config.
+    pub name: String,
+    /// Backends, in config order.
+    pub backends: Vec<Backend>,
+    /// Balancing algorithm.
+    pub balance: Balance,
+    /// Key for `consistent_hash`.
+    pub hash_key: HashKey,
+    /// Timeouts.
+    pub timeouts: TimeoutsConf,
+    /// Extra backends tried after a connect failure.
+    pub retries: usize,
+    /// Active health check settings.
+    pub health_check: Option<HealthCheckSettings>,
+    max_fails: u32,
+    fail_timeout_ms: u64,
+    /// Smooth weighted round-robin order of backend indices.
+    wheel: Vec<u16>,
+    rr: AtomicUsize,
+}
+
+/// Active health check settings of a pool.
+#[derive(Debug, Clone)]
+pub struct HealthCheckSettings {
+    /// HTTP path and expected status; `None` is a TCP check.
+    pub http: Option<(String, u16, String)>,
+    /// Between checks.
+    pub interval: Duration,
+    /// Per check.
+    pub timeout: Duration,
+    /// Consecutive failures to mark down.
+    pub fails: u32,
+    /// Consecutive successes to mark up.
+    pub passes: u32,
+}
+
+/// FNV-1a, used for tags and hashing; stable across processes and versions.
+pub fn fnv1a(data: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64 finaliser for better bit spread
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn make_tag(pool: &str, addr: &SocketAddr) -> String {
+    let h = fnv1a(format!("{pool}|{addr}").as_bytes(), 0);
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    (0..8).map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char).collect()
+}
+
+fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    let (kind, arg) = s.split_once(':').map_or((s, ""), |(k, a)| (k, a.trim()));
+    match (kind.trim(), arg) {
+        ("client_ip", "") => Ok(HashKey::ClientIp),
+        ("header", a) if !a.is_empty() => http::header::HeaderName::try_from(a).map(HashKey::Header).map_err(|_| format!("invalid header name \"{a}\"")),
+        ("cookie", a) if !a.is_empty() => Ok(HashKey::Cookie(a.to_string())),
+        ("query", a) if !a.is_empty() => Ok(HashKey::Query(a.to_string())),
+        _ => Err(format!("invalid hash_key \"{s}\" (client_ip, header:NAME, cookie:NAME or query:NAME)")),
+    }
+}
+
+fn base_peer(addr: SocketAddr, t: &TimeoutsConf, read: Dur) -> HttpPeer {
+    let mut p = HttpPeer::new(addr, false, String::new());
+    p.options.connection_timeout = Some(t.connect.0);
+    p.options.read_timeout = Some(read.0);
+    p.options.write_timeout = Some(t.write.0);
+    p.options.tcp_keepalive = None;
+    p
+}
+
+fn check_duration(d: Dur, at: String, issues: &mut Issues) {
+    if d.0.is_zero() {
+        issues.error(at, "must be greater than 0");
+    }
+}
+
+impl Pool {
+    /// Builds a pool from its config, resolving names; problems go to `issues`.
+    pub fn compile(name: &str, c: &UpstreamConf, issues: &mut Issues) -> Pool {
+        let at = format!("upstreams.{name}");
+        if c.servers.is_empty() {
+            issues.error(format!("{at}.servers"), "needs at least one server");
+        }
+        let mut backends: Vec<Backend> = Vec::new();
+        for (i, s) in c.servers.iter().enumerate() {
+            let key = format!("{at}.servers[{i}]");
+            if s.weight == 0 || s.weight > 1000 {
+                issues.error(format!("{key}.weight"), format!("must be 1..=1000, got {}", s.weight));
+            }
+            for addr in resolve(&s.address, &format!("{key}.address"), issues) {
+                if backends.iter().any(|b| b.addr == addr) {
+                    issues.error(format!("{key}.address"), format!("duplicate backend {addr}"));
+                    continue;
+                }
+                backends.push(Backend {
+                    addr,
+                    configured: s.address.clone(),
+                    weight: s.weight.clamp(1, 1000),
+                    tag: make_tag(name, &addr),
+                    peer_http: base_peer(addr, &c.timeouts, c.timeouts.read),
+                    peer_upgrade: base_peer(addr, &c.timeouts, c.timeouts.idle),
+                    active_up: AtomicBool::new(true),
+                    ejected_until: AtomicU64::new(0),
+                    fails: AtomicU32::new(0),
+                    window_start: AtomicU64::new(0),
+                    in_flight: AtomicUsize::new(0),
+                    requests: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                });
+            }
+        }
+        if backends.len() > u16::MAX as usize {
+            issues.error(format!("{at}.servers"), "too many servers");
+        }
+        let hash_key = parse_hash_key(&c.hash_key).unwrap_or_else(|e| {
+            issues.error(format!("{at}.hash_key"), e);
+            HashKey::ClientIp
+        });
+        let t = &c.timeouts;
+        for (k, d) in [("connect", t.connect), ("read", t.read), ("write", t.write), ("idle", t.idle)] {
+            check_duration(d, format!("{at}.timeouts.{k}"), issues);
+        }
+        if c.passive.max_fails > 0 {
+            check_duration(c.passive.fail_timeout, format!("{at}.passive.fail_timeout"), issues);
+        }
+        let health_check = c.health_check.as_ref().map(|h| health_settings(h, &format!("{at}.health_check"), issues));
+        let wheel = select::smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
+        Pool {
+            name: name.to_string(),
+            backends,
+            balance: c.balance,
+            hash_key,
+            timeouts: c.timeouts,
+            retries: c.retries,
+            health_check,
+            max_fails: c.passive.max_fails,
+            fail_timeout_ms: c.passive.fail_timeout.0.as_millis() as u64,
+            wheel,
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks a usable backend not in `exclude` (a bitmask of backend indices < 64).
+    /// `key` is the consistent-hash key, when the pool hashes and the request has one.
+    pub fn select(&self, key: Option<&[u8]>, exclude: u64) -> Option<usize> {
+        let ok = |i: usize| (i >= 64 || exclude & (1 << i) == 0) && self.backends[i].usable();
+        match (self.balance, key) {
+            (Balance::ConsistentHash, Some(k)) => select::rendezvous(&self.backends, k, ok),
+            (Balance::LeastConn, _) => select::least_conn(&self.backends, self.rr.fetch_add(1, Relaxed), ok),
+            (Balance::Random, _) => select::scan_wheel(&self.wheel, select::fast_random(), ok),
+            _ => select::scan_wheel(&self.wheel, self.rr.fetch_add(1, Relaxed), ok),
+        }
+    }
+
+    /// Records a connect or proxy error; ejects the backend after `max_fails` in the window.
+    pub fn report_failure(&self, idx: usize) {
+        let b = &self.backends[idx];
+        b.errors.fetch_add(1, Relaxed);
+        if self.max_fails == 0 {
+            return;
+        }
+        let now = now_ms();
+        let start = b.window_start.load(Relaxed);
+        let n = if now.saturating_sub(start) > self.fail_timeout_ms || b.fails.load(Relaxed) == 0 {
+            b.window_start.store(now, Relaxed);
+            b.fails.store(1, Relaxed);
+            1
+        } else {
+            b.fails.fetch_add(1, Relaxed) + 1
+        };
+        if n >= self.max_fails {
+            b.ejected_until.store(now + self.fail_timeout_ms, Relaxed);
+            b.fails.store(0, Relaxed);
+            log::warn!("upstream {} backend {} ejected for {} ms after {} failures", self.name, b.addr, self.fail_timeout_ms, n);
+        }
+    }
+
+    /// Records a successful response: clears the failure count.
+    #[inline]
+    pub fn report_success(&self, idx: usize) {
+        let b = &self.backends[idx];
+        if b.fails.load(Relaxed) != 0 {
+            b.fails.store(0, Relaxed);
+        }
+    }
+
+    /// Number of backends usable now.
+    pub fn usable_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.usable()).count()
+    }
+}
+
+fn health_settings(h: &HealthCheckConf, at: &str, issues: &mut Issues) -> HealthCheckSettings {
+    check_duration(h.interval, format!("{at}.interval"), issues);
+    check_duration(h.timeout, format!("{at}.timeout"), issues);
+    if h.fails == 0 {
+        issues.error(format!("{at}.fails"), "must be at least 1");
+    }
+    if h.passes == 0 {
+        issues.error(format!("{at}.passes"), "must be at least 1");
+    }
+    let http = h.http.as_ref().map(|c| {
+        if !c.path.starts_with('/') {
+            issues.error(format!("{at}.http.path"), format!("must start with '/', got \"{}\"", c.path));
+        }
+        if !(100..=599).contains(&c.expect_status) {
+            issues.error(format!("{at}.http.expect_status"), format!("invalid status {}", c.expect_status));
+        }
+        (c.path.clone(), c.expect_status, c.host.clone())
+    });
+    HealthCheckSettings { http, interval: h.interval.0, timeout: h.timeout.0, fails: h.fails.max(1), passes: h.passes.max(1) }
+}
+
+/// Resolves `host:port` (names via the system resolver) into addresses.
+fn resolve(address: &str, at: &str, issues: &mut Issues) -> Vec<SocketAddr> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return vec![a];
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        issues.error(at, format!("invalid socket address \"{address}\" (expected host:port)"));
+        return Vec::new();
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() || host.contains(['/', ' ']) {
+        issues.error(at, format!("invalid socket address \"{address}\" (expected host:port)"));
+        return Vec::new();
+    }
+    match address.to_socket_addrs() {
+        Ok(it) => {
+            let mut v: Vec<SocketAddr> = it.collect();
+            v.sort();
+            v.dedup();
+            if v.is_empty() {
+                issues.error(at, format!("\"{address}\" resolved to no address"));
+            }
+            v
+        }
+        Err(e) => {
+            issues.error(at, format!("cannot resolve \"{address}\": {e}"));
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+use super::*;
+use crate::config::Config;
+
+fn pool(yaml: &str) -> Pool {
+    let cfg = Config::from_yaml(yaml).unwrap();
+    let (name, c) = cfg.upstreams.iter().next().unwrap();
+    let mut issues = Issues::default();
+    let p = Pool::compile(name, c, &mut issues);
+    assert!(issues.errors.is_empty(), "{:?}", issues.errors);
+    p
+}
+
+#[test]
+fn weighted_round_robin_is_smooth_and_exact() {
+    let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1, weight: 1 }, { address: 127.0.0.1:2, weight: 3 } ] } }");
+    let picks: Vec<usize> = (0..8).map(|_| p.select(None, 0).unwrap()).collect();
+    assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 6);
+    assert_ne!(picks[..4], [1, 1, 1, 0], "smooth: the light backend is not starved to the end");
+}
+
+#[test]
+fn unusable_and_excluded_backends_are_skipped() {
+    let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] } }");
+    p.backends[1].active_up.store(false, Relaxed);
+    for _ in 0..10 {
+        let i = p.select(None, 0b001).unwrap();
+        assert_eq!(i, 2);
+    }
+    p.backends[2].active_up.store(false, Relaxed);
+    assert_eq!(p.select(None, 0b001), None);
+}
+
+#[test]
+fn passive_ejection_after_max_fails() {
+    let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ], passive: { max_fails: 2, fail_timeout: 10s } } }");
+    p.report_failure(0);
+    assert!(p.backends[0].usable());
+    p.report_failure(0);
+    assert!(!p.backends[0].usable());
+    assert!(p.backends[0].ejected());
+    for _ in 0..5 {
+        assert_eq!(p.select(None, 0), Some(1));
+    }
+}
+
+#[test]
+fn consistent_hash_is_stable_and_moves_only_lost_keys() {
+    let p = pool("upstreams: { a: { balance: consistent_hash, servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] } }");
+    let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let before: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), 0).unwrap()).collect();
+    for n in 0..3 {
+        let share = before.iter().filter(|&&i| i == n).count();
+        assert!(share > 50, "backend {n} got only {share} of 300 keys");
+    }
+    p.backends[1].active_up.store(false, Relaxed);
+    for (k, &b) in keys.iter().zip(&before) {
+        let now = p.select(Some(k.as_bytes()), 0).unwrap();
+        if b != 1 {
+            assert_eq!(now, b, "key {k} moved although its backend stayed");
+        } else {
+            assert_ne!(now, 1);
+        }
+    }
+}
+
+#[test]
+fn least_conn_prefers_idle_backends() {
+    let p = pool("upstreams: { a: { balance: least_conn, servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ] } }");
+    p.backends[0].in_flight.store(5, Relaxed);
+    for _ in 0..4 {
+        assert_eq!(p.select(None, 0), Some(1));
+    }
+}
+
+#[test]
+fn random_covers_all_backends() {
+    let p = pool("upstreams: { a: { balance: random, servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ] } }");
+    let mut seen = [0; 2];
+    for _ in 0..200 {
+        seen[p.select(None, 0).unwrap()] += 1;
+    }
+    assert!(seen[0] > 20 && seen[1] > 20, "{seen:?}");
+}
+
+#[test]
+fn bad_pools_name_the_key() {
+    let cfg = Config::from_yaml(
+        "upstreams: { api: { servers: [ { address: 10.0.0.1 }, { address: 127.0.0.1:1, weight: 0 } ], hash_key: 'bogus:', timeouts: { connect: 0s } } }",
+    )
+    .unwrap();
+    let mut issues = Issues::default();
+    Pool::compile("api", &cfg.upstreams["api"], &mut issues);
+    let got: Vec<String> = issues.errors.iter().map(|e| e.to_string()).collect();
+    assert!(got.contains(&"upstreams.api.servers[0].address: invalid socket address \"10.0.0.1\" (expected host:port)".to_string()), "{got:#?}");
+    assert!(got.iter().any(|e| e.starts_with("upstreams.api.servers[1].weight:")), "{got:#?}");
+    assert!(got.iter().any(|e| e.starts_with("upstreams.api.hash_key:")), "{got:#?}");
+    assert!(got.iter().any(|e| e.starts_with("upstreams.api.timeouts.connect:")), "{got:#?}");
+}
+
+#[test]
+fn names_resolve() {
+    let p = pool("upstreams: { a: { servers: [ { address: localhost:3000 } ] } }");
+    assert!(!p.backends.is_empty());
+    assert!(p.backends.iter().all(|b| b.addr.port() == 3000 && b.addr.ip().is_loopback()));
+}
