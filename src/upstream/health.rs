@@ -73,6 +73,8 @@ impl HealthChecker {
                     *fail_streak = 0;
                     if !b.active_up.load(Relaxed) && *ok_streak >= self.settings.passes {
                         b.active_up.store(true, Relaxed);
+                        // Verified healthy again: lift any passive ejection from its outage.
+                        b.clear_ejection();
                         log::warn!("upstream {} backend {} is healthy again", self.pool.name, b.addr);
                     }
                 }

@@ -77,6 +77,12 @@ impl Backend {
         self.ejected_until.load(Relaxed) > now_ms()
     }
 
+    /// Ends a passive ejection (the backend passed an active check).
+    pub(crate) fn clear_ejection(&self) {
+        self.ejected_until.store(0, Relaxed);
+        self.fails.store(0, Relaxed);
+    }
+
     /// A peer to send one request to (upgrade requests get the idle timeout).
     pub fn peer(&self, upgrade: bool) -> Box<HttpPeer> {
         Box::new(if upgrade { self.peer_upgrade.clone() } else { self.peer_http.clone() })

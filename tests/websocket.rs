@@ -1,0 +1,133 @@
+//! WebSockets through the gateway: echo both ways, upgrade headers, idle timeouts per pool
+//! (a short one closes, the default outlives Pingora's 60 s read timeout).
+
+mod common;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+fn ws_config(backend: &Backend, timeouts: &str) -> String {
+    format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+upstreams:
+  ws: {{ servers: [ {{ address: "{}" }} ]{timeouts} }}
+routes:
+  - {{ match: {{ path_prefix: /ws }}, upstream: ws }}
+"#,
+        backend.addr
+    )
+}
+
+async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, text: &str) -> String {
+    ws.send(Message::Text(text.into())).await.expect("send");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo within 5 s") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_gateway() {
+    let b = Backend::start("node-1").await;
+    let gw = Gateway::start(&ws_config(&b, ""));
+    let mut ws = ws_connect(gw.port, "example.test", "/ws/chat").await;
+    assert_eq!(echo(&mut ws, "whoami").await, "node-1");
+    for i in 0..50 {
+        let m = format!("message {i} {}", "x".repeat(i * 100));
+        assert_eq!(echo(&mut ws, &m).await, m);
+    }
+    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into())).await.unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], &[0u8, 1, 2, 255]),
+        other => panic!("{other:?}"),
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_style_connection_header_upgrades() {
+    let b = Backend::start("node-1").await;
+    let gw = Gateway::start(&ws_config(&b, ""));
+    let r = http(
+        gw.port,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    // The 101 arrives; the connection then stays open as a WebSocket, so `http` may time out
+    // reading a body: only the status line matters here.
+    match r {
+        Ok(r) => assert_eq!(r.status, 101),
+        Err(e) => panic!("no 101: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_idle_timeout_closes_an_idle_websocket() {
+    let b = Backend::start("node-1").await;
+    let gw = Gateway::start(&ws_config(&b, ", timeouts: { idle: 1s }"));
+    let mut ws = ws_connect(gw.port, "x", "/ws").await;
+    assert_eq!(echo(&mut ws, "hi").await, "hi");
+    // Traffic keeps it alive past the idle limit...
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(echo(&mut ws, "tick").await, "tick");
+    }
+    // ...silence in both directions closes it.
+    let t = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "idle WebSocket was not closed within 5 s");
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(3), "closed after {waited:?}, want about 1 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_idle_timeout_outlives_sixty_seconds_of_silence() {
+    let b = Backend::start("node-1").await;
+    let gw = Gateway::start(&ws_config(&b, ""));
+    let mut ws = ws_connect(gw.port, "x", "/ws").await;
+    assert_eq!(echo(&mut ws, "before").await, "before");
+    // nginx's and Pingora's 60 s read timeouts would cut this; the pool default (1h) must not.
+    match tokio::time::timeout(Duration::from_secs(65), ws.next()).await {
+        Err(_) => {}
+        Ok(m) => panic!("idle WebSocket got {m:?} during 65 s of silence"),
+    }
+    assert_eq!(echo(&mut ws, "after 65 s").await, "after 65 s");
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_idle_timeout_is_honoured_both_ways() {
+    // idle: 3s. Client-only traffic and server-only traffic each keep the connection up (it is
+    // idle only when neither side sends); 2 s of full silence is fine, 5 s is not.
+    let b = Backend::start("node-1").await;
+    let gw = Gateway::start(&ws_config(&b, ", timeouts: { idle: 3s }"));
+    let mut ws = ws_connect(gw.port, "x", "/ws").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(echo(&mut ws, "still here after 2 s").await, "still here after 2 s");
+    let t = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "not closed after 8 s");
+    assert!(t.elapsed() >= Duration::from_millis(2500), "closed too early: {:?}", t.elapsed());
+}
