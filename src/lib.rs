@@ -5,6 +5,7 @@
 //! - [`runtime`]: the compiled config the request path uses (also the `-t` check)
 //! - [`proxy`]: the `ProxyHttp` implementation ([`proxy::router`], [`proxy::headers`])
 //! - [`upstream`]: pools, balancing, active and passive health
+//! - [`filter`]: Rust filter hooks per route ([`filter::Filter`], [`filter::Registry`])
 //! - [`admin`]: `/health` and `/status`
 //! - [`server`]: assembles the Pingora server and its services
 //! - [`cli`]: the command line
@@ -12,26 +13,63 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod filter;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};
+pub use filter::{Filter, Registry};
+pub use proxy::ctx::Ctx;
 pub use runtime::Runtime;
+/// Pingora types filter authors need.
+pub mod prelude {
+    pub use crate::filter::{Filter, Registry};
+    pub use crate::proxy::ctx::Ctx;
+    pub use async_trait::async_trait;
+    pub use pingora_core::{Error, ErrorType, Result};
+    pub use pingora_http::{RequestHeader, ResponseHeader};
+    pub use pingora_proxy::Session;
+}
 
 use std::process::ExitCode;
 
-/// Loads and compiles a config file, printing warnings to the log.
-pub fn load(path: &std::path::Path) -> Result<Runtime, ConfigError> {
+/// Loads and compiles a config file with the filters of `registry`.
+pub fn load(path: &std::path::Path, registry: &Registry) -> Result<Runtime, ConfigError> {
     let cfg = Config::load(path)?;
-    Runtime::compile(&cfg)
+    Runtime::compile_with(&cfg, registry)
+}
+
+/// The `main` of a custom gateway binary: the standard command line and config, with the
+/// filters of `registry` available to `routes[].filters`. Never returns while serving.
+pub fn run_with(registry: Registry) -> ExitCode {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().try_init();
+    match cli::parse(std::env::args().skip(1)) {
+        Ok(cli::Command::Run(c)) => run_cli_with(c, &registry),
+        Ok(cli::Command::Help) => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Command::Version) => {
+            println!("gateway {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: {e}\n{}", cli::USAGE);
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs the gateway as the command line asks: check the config (`-t`) or serve forever.
 pub fn run_with_cli(cli: cli::Cli) -> ExitCode {
+    run_cli_with(cli, &Registry::new())
+}
+
+fn run_cli_with(cli: cli::Cli, registry: &Registry) -> ExitCode {
     let shown = cli.config.display().to_string();
-    let rt = match load(&cli.config) {
+    let rt = match load(&cli.config, registry) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gateway: configuration {shown} is invalid:");

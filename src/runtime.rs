@@ -2,6 +2,7 @@
 //! `Runtime::compile` is also the `-t` check: every problem comes back with its key path.
 
 use crate::config::{server_conf, Config, ConfigError, Issue, Issues};
+use crate::filter::Registry;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::router::{Action, Router};
 use crate::upstream::Pool;
@@ -46,6 +47,11 @@ fn parse_listen(addr: &str, at: String, issues: &mut Issues) -> Option<SocketAdd
 impl Runtime {
     /// Validates and compiles `cfg`; on failure returns every problem with its key path.
     pub fn compile(cfg: &Config) -> Result<Runtime, ConfigError> {
+        Runtime::compile_with(cfg, &Registry::new())
+    }
+
+    /// Like [`Runtime::compile`], with custom filters available to the routes.
+    pub fn compile_with(cfg: &Config, filters: &Registry) -> Result<Runtime, ConfigError> {
         let mut issues = Issues::default();
         let server_conf = server_conf(&cfg.server, &mut issues);
 
@@ -78,7 +84,7 @@ impl Runtime {
             pool_index.insert(name.clone(), pools.len());
             pools.push(Arc::new(Pool::compile(name, u, &mut issues)));
         }
-        let router = Router::compile(&cfg.routes, &pool_index, &mut issues);
+        let router = Router::compile(&cfg.routes, &pool_index, filters, &mut issues);
         if cfg.routes.is_empty() {
             issues.warn("routes", "no routes: every request gets 404");
         }

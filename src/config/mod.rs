@@ -359,6 +359,20 @@ pub struct RouteConf {
     /// Rules for the response sent to the client.
     #[serde(default)]
     pub response_headers: HeaderRulesConf,
+    /// Rust filters run on this route, in order.
+    #[serde(default)]
+    pub filters: Vec<FilterConf>,
+}
+
+/// A filter on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConf {
+    /// Registered filter name.
+    pub name: String,
+    /// The filter's own settings.
+    #[serde(default)]
+    pub config: serde_yaml::Value,
 }
 
 impl Config {

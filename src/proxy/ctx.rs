@@ -28,6 +28,8 @@ pub struct Ctx {
     pub connect_time: Option<Duration>,
     /// Time from choosing the backend to its response header.
     pub response_time: Option<Duration>,
+    /// The request id, when the `request_id` filter runs.
+    pub request_id: Option<http::HeaderValue>,
 }
 
 impl Ctx {
@@ -45,6 +47,7 @@ impl Ctx {
             peer_at: None,
             connect_time: None,
             response_time: None,
+            request_id: None,
         }
     }
 }

@@ -92,6 +92,11 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(idx);
+        for f in &route.filters {
+            if f.request(session, ctx).await? {
+                return Ok(true);
+            }
+        }
         match &route.action {
             Action::Proxy { pool } => {
                 ctx.pool = Some(*pool);
@@ -198,6 +203,9 @@ impl ProxyHttp for Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.rt.forwarded.apply(upstream_request, peer_ip(session), tls, local_port);
         route.request_headers.apply(upstream_request);
+        for f in &route.filters {
+            f.upstream_request(session, upstream_request, ctx).await?;
+        }
         Ok(())
     }
 
@@ -209,9 +217,13 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         if let Some(r) = ctx.route {
-            self.rt.router.get(r).response_headers.apply(resp);
+            let route = self.rt.router.get(r);
+            route.response_headers.apply(resp);
+            for f in &route.filters {
+                f.response(session, resp, ctx).await?;
+            }
         }
         Ok(())
     }
@@ -248,6 +260,11 @@ impl ProxyHttp for Gateway {
         let pool = ctx.pool.map(|p| &self.rt.pools[p]);
         if let (Some(pool), Some(b)) = (pool, ctx.backend) {
             pool.backends[b].in_flight.fetch_sub(1, Relaxed);
+        }
+        if let Some(r) = ctx.route {
+            for f in &self.rt.router.get(r).filters {
+                f.logging(session, ctx).await;
+            }
         }
         if !log::log_enabled!(target: "access", log::Level::Info) {
             return;

@@ -3,6 +3,8 @@
 //! that can match that host. Lookups do not allocate.
 
 use crate::config::{Issues, RouteConf};
+use crate::filter::{Filter, Registry};
+use std::sync::Arc;
 use crate::proxy::headers::HeaderRules;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -101,7 +103,6 @@ pub enum Action {
 }
 
 /// A compiled route.
-#[derive(Debug)]
 pub struct Route {
     /// `routes[N]`, for logs.
     pub name: String,
@@ -115,6 +116,14 @@ pub struct Route {
     pub request_headers: HeaderRules,
     /// Rules for the downstream response.
     pub response_headers: HeaderRules,
+    /// Rust filters, in order.
+    pub filters: Vec<Arc<dyn Filter>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Route").field("name", &self.name).field("action", &self.action).field("filters", &self.filters.len()).finish()
+    }
 }
 
 impl Route {
@@ -169,10 +178,10 @@ fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> &'a str {
 
 impl Router {
     /// Compiles routes; `pool_index` maps pool names to indices.
-    pub fn compile(confs: &[RouteConf], pool_index: &HashMap<String, usize>, issues: &mut Issues) -> Router {
+    pub fn compile(confs: &[RouteConf], pool_index: &HashMap<String, usize>, filters: &Registry, issues: &mut Issues) -> Router {
         let mut routes = Vec::with_capacity(confs.len());
         for (i, rc) in confs.iter().enumerate() {
-            if let Some(r) = compile_route(i, rc, pool_index, issues) {
+            if let Some(r) = compile_route(i, rc, pool_index, filters, issues) {
                 routes.push(r);
             }
         }
@@ -233,7 +242,7 @@ impl Router {
     }
 }
 
-fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, issues: &mut Issues) -> Option<Route> {
+fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, registry: &Registry, issues: &mut Issues) -> Option<Route> {
     let at = format!("routes[{i}]");
     let errors_before = issues.errors.len();
     let mut hosts = Vec::new();
@@ -341,10 +350,18 @@ fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, 
     if !is_proxy && !request_headers.is_empty() {
         issues.error(format!("{at}.request_headers"), "only applies to routes with an upstream");
     }
+    let mut filters = Vec::new();
+    for (j, f) in rc.filters.iter().enumerate() {
+        match registry.build(&f.name, &f.config) {
+            Ok(f) => filters.push(f),
+            Err(e) if registry.names().contains(&f.name.as_str()) => issues.error(format!("{at}.filters[{j}].config"), e),
+            Err(e) => issues.error(format!("{at}.filters[{j}].name"), e),
+        }
+    }
     if issues.errors.len() != errors_before {
         return None;
     }
-    Some(Route { name: at, hosts, path, action, rewrite, request_headers, response_headers })
+    Some(Route { name: at, hosts, path, action, rewrite, request_headers, response_headers, filters })
 }
 
 #[cfg(test)]
@@ -356,7 +373,7 @@ mod tests {
         let cfg = Config::from_yaml(yaml).unwrap();
         let pools: HashMap<String, usize> = [("a".to_string(), 0), ("b".to_string(), 1)].into();
         let mut issues = Issues::default();
-        let r = Router::compile(&cfg.routes, &pools, &mut issues);
+        let r = Router::compile(&cfg.routes, &pools, &Registry::new(), &mut issues);
         (r, issues)
     }
 

@@ -54,6 +54,13 @@ pub fn unique_temp_dir(prefix: &str) -> PathBuf {
     dir
 }
 
+/// Path of a binary built from `examples/` (cargo builds them next to the test binaries' `deps/`).
+pub fn example_bin(name: &str) -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join("examples").join(name).to_string_lossy().into_owned()
+}
+
 /// Path of the gateway binary under test.
 pub fn gateway_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gateway")
@@ -145,17 +152,30 @@ impl Gateway {
     }
 
     pub fn try_start_with_args(yaml: &str, port: u16, admin_port: u16, extra_args: &[&str]) -> Result<Gateway, String> {
+        Self::try_start_bin(gateway_bin(), yaml, port, admin_port, extra_args)
+    }
+
+    /// Like `start`, running another gateway binary (e.g. a custom build from `examples/`).
+    pub fn start_bin(bin: &str, template: &str) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let yaml = template.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+        Self::try_start_bin(bin, &yaml, port, admin_port, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `bin -c <file> extra_args...` and waits for its listeners.
+    pub fn try_start_bin(bin: &str, yaml: &str, port: u16, admin_port: u16, extra_args: &[&str]) -> Result<Gateway, String> {
         let dir = unique_temp_dir("gateway-test");
         let config_path = dir.join("gateway.yaml");
         let log_path = dir.join("gateway.log");
         fs::write(&config_path, yaml).map_err(|e| format!("write {}: {e}", config_path.display()))?;
         let log = fs::File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("-c").arg(&config_path).args(extra_args);
         cmd.current_dir(&dir).stdin(Stdio::null()).stdout(log).stderr(log2);
         apply_rust_log(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", gateway_bin()))?;
+        let child = cmd.spawn().map_err(|e| format!("spawn {bin}: {e}"))?;
         let mut gw = Gateway { port, admin_port, dir, config_path, log_path, child: Some(child) };
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
