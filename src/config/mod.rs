@@ -151,6 +151,85 @@ pub struct UpstreamConf {
     /// Extra backends tried after a connect failure.
     #[serde(default = "default_retries")]
     pub retries: usize,
+    /// Session affinity (Socket.IO sid tagging, sticky cookie).
+    #[serde(default)]
+    pub affinity: Option<AffinityConf>,
+}
+
+/// Session affinity of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffinityConf {
+    /// Socket.IO affinity: `true`, or `{ path: /my-custom-path/ }`.
+    pub socketio: SocketIoSetting,
+    /// Sticky cookie for any HTTP app.
+    pub cookie: Option<CookieConf>,
+    /// Key mixed into node tags, so tags cannot be predicted from addresses.
+    pub secret: Option<String>,
+    /// Capacity of the sid -> node table for untagged sids.
+    pub max_sessions: usize,
+}
+
+impl Default for AffinityConf {
+    fn default() -> Self {
+        AffinityConf { socketio: SocketIoSetting::Enabled(false), cookie: None, secret: None, max_sessions: 100_000 }
+    }
+}
+
+/// `socketio: true | false | { path }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SocketIoSetting {
+    /// On with the default path `/socket.io/`, or off.
+    Enabled(bool),
+    /// On with options.
+    Options(SocketIoConf),
+}
+
+/// Socket.IO affinity options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketIoConf {
+    /// The Socket.IO path (the server's `path` option).
+    #[serde(default = "default_socketio_path")]
+    pub path: String,
+}
+
+fn default_socketio_path() -> String {
+    "/socket.io/".into()
+}
+
+impl SocketIoSetting {
+    /// The Socket.IO path when enabled.
+    pub fn path(&self) -> Option<String> {
+        match self {
+            SocketIoSetting::Enabled(true) => Some(default_socketio_path()),
+            SocketIoSetting::Enabled(false) => None,
+            SocketIoSetting::Options(o) => Some(o.path.clone()),
+        }
+    }
+}
+
+/// Sticky-cookie options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieConf {
+    /// Cookie name.
+    pub name: String,
+    /// Max-Age; absent means a session cookie.
+    pub ttl: Option<Dur>,
+    /// Cookie path.
+    pub path: String,
+    /// SameSite attribute: Lax, Strict or None.
+    pub same_site: String,
+    /// HttpOnly attribute.
+    pub http_only: bool,
+}
+
+impl Default for CookieConf {
+    fn default() -> Self {
+        CookieConf { name: "gw_affinity".into(), ttl: None, path: "/".into(), same_site: "Lax".into(), http_only: true }
+    }
 }
 
 fn default_hash_key() -> String {

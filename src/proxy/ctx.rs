@@ -30,6 +30,26 @@ pub struct Ctx {
     pub response_time: Option<Duration>,
     /// The request id, when the `request_id` filter runs.
     pub request_id: Option<http::HeaderValue>,
+    /// Backend chosen by affinity (sid tag, sid table or cookie) before balancing.
+    pub pinned: Option<usize>,
+    /// Pinned by a Socket.IO sid: no other backend knows the session.
+    pub sid_pinned: bool,
+    /// The sid carries our tag, to be stripped before the request goes upstream.
+    pub strip_tag: bool,
+    /// Table key of the request's engine sid (to forget it on "Session ID unknown").
+    pub sid_key: Option<u64>,
+    /// The request is a Socket.IO polling handshake: tag the sid in the response body.
+    pub sio_handshake: bool,
+    /// The response body is being buffered for sid tagging.
+    pub tag_body: bool,
+    /// The response is a 400 for a sid: look for "Session ID unknown".
+    pub check_unknown: bool,
+    /// Buffered handshake body.
+    pub body_buf: Vec<u8>,
+    /// Backend named by a valid sticky cookie.
+    pub cookie_backend: Option<usize>,
+    /// The pinned backend was unreachable: answer "Session ID unknown".
+    pub session_lost: bool,
 }
 
 impl Ctx {
@@ -48,6 +68,16 @@ impl Ctx {
             connect_time: None,
             response_time: None,
             request_id: None,
+            pinned: None,
+            sid_pinned: false,
+            strip_tag: false,
+            sid_key: None,
+            sio_handshake: false,
+            tag_body: false,
+            check_unknown: false,
+            body_buf: Vec::new(),
+            cookie_backend: None,
+            session_lost: false,
         }
     }
 }

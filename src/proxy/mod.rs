@@ -1,12 +1,13 @@
 //! The Pingora `ProxyHttp` implementation. Each phase is a few lines that delegate to the
 //! router, the pools, the header rules and the access log.
 
+pub mod affinity;
 pub mod ctx;
 pub mod headers;
 pub mod router;
 
 use crate::runtime::Runtime;
-use crate::upstream::HashKey;
+use crate::upstream::{now_ms, Affinity, HashKey, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
@@ -14,7 +15,7 @@ use http::header;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use router::Action;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -51,6 +52,58 @@ async fn respond(session: &mut Session, status: u16, headers: &[(header::HeaderN
     Ok(())
 }
 
+/// Largest handshake body buffered for sid tagging; bigger ones pass through untouched.
+const MAX_HANDSHAKE_BODY: usize = 64 * 1024;
+/// Table expiry when a handshake does not state its heartbeat (Socket.IO's default 45 s + slack).
+const DEFAULT_SESSION_TTL_MS: u64 = 60_000;
+
+fn json_ct() -> (header::HeaderName, header::HeaderValue) {
+    (header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"))
+}
+
+/// Applies affinity to a request bound for `pool`: pins it to a backend (sid tag, sid table,
+/// sticky cookie) or marks a handshake. Returns `false` when the sid names a backend that is
+/// down: the caller answers "Session ID unknown" so the client reconnects elsewhere.
+fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ctx) -> bool {
+    if let Some(sio) = &aff.socketio_path {
+        if req.uri.path().starts_with(sio.as_str()) {
+            let query = req.uri.query();
+            if let Some(sid) = affinity::sid_param(query) {
+                let (base, tagged) = match affinity::split_tag(sid) {
+                    Some((base, tag)) => (base, aff.backend_by_tag(tag)),
+                    None => (sid, None),
+                };
+                if tagged.is_none() && base.len() != sid.len() {
+                    log::debug!("upstream {}: sid {sid:?} has an unknown tag, routing it as untagged", pool.name);
+                }
+                let base = if tagged.is_some() { base } else { sid };
+                ctx.sid_key = Some(affinity::SidTable::key(base));
+                let found = tagged.or_else(|| aff.table.get(base, now_ms()));
+                if let Some(idx) = found {
+                    if !pool.backends[idx].usable() {
+                        aff.table.remove(base);
+                        return false;
+                    }
+                    ctx.pinned = Some(idx);
+                    ctx.sid_pinned = true;
+                    ctx.strip_tag = tagged.is_some();
+                }
+            } else if req.method == http::Method::GET && affinity::is_polling_handshake(query) {
+                ctx.sio_handshake = true;
+            }
+        }
+    }
+    if let Some(c) = &aff.cookie {
+        if let Some(idx) = cookie(req, &c.name).filter(|v| affinity::is_tag(v)).and_then(|v| aff.backend_by_tag(v)) {
+            if pool.backends[idx].usable() {
+                ctx.cookie_backend = Some(idx);
+                ctx.pinned.get_or_insert(idx);
+            }
+        }
+    }
+    true
+}
+
 /// Host of the request: the Host header, or the URI authority (HTTP/2).
 fn request_host(req: &RequestHeader) -> &str {
     req.headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri.authority().map(|a| a.as_str())).unwrap_or("")
@@ -74,6 +127,27 @@ pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then_some(v)
     })
+}
+
+impl Gateway {
+    /// Accounts for sending the request to backend `idx` and returns its peer.
+    fn use_backend(&self, pool: &Pool, idx: usize, ctx: &mut Ctx) -> Box<HttpPeer> {
+        if idx < 64 {
+            ctx.tried |= 1 << idx;
+        }
+        ctx.attempts += 1;
+        ctx.backend = Some(idx);
+        let b = &pool.backends[idx];
+        b.in_flight.fetch_add(1, Relaxed);
+        b.requests.fetch_add(1, Relaxed);
+        ctx.peer_at = Some(std::time::Instant::now());
+        b.peer(ctx.upgrade)
+    }
+
+    fn affinity(&self, ctx: &Ctx) -> Option<(&Pool, &Affinity)> {
+        let pool = &self.rt.pools[ctx.pool?];
+        Some((pool, pool.affinity.as_ref()?))
+    }
 }
 
 #[async_trait]
@@ -100,6 +174,14 @@ impl ProxyHttp for Gateway {
         match &route.action {
             Action::Proxy { pool } => {
                 ctx.pool = Some(*pool);
+                let p = &self.rt.pools[*pool];
+                if let Some(aff) = &p.affinity {
+                    if !apply_affinity(p, aff, session.req_header(), ctx) {
+                        log::info!("upstream {}: sid of {} names a backend that is down: Session ID unknown", p.name, session.req_header().uri);
+                        respond(session, 400, &[json_ct()], Bytes::from_static(affinity::SESSION_UNKNOWN), None).await?;
+                        return Ok(true);
+                    }
+                }
                 if let Some(peer) = peer_ip(session) {
                     ctx.client_ip = Some(self.rt.forwarded.client_ip(peer, session.req_header()));
                 }
@@ -144,6 +226,9 @@ impl ProxyHttp for Gateway {
         if let Some(prev) = ctx.backend.take() {
             pool.backends[prev].in_flight.fetch_sub(1, Relaxed);
         }
+        if let Some(idx) = ctx.pinned.take() {
+            return Ok(self.use_backend(pool, idx, ctx));
+        }
         let req = session.req_header();
         let mut ip_buf = [0u8; 16];
         let key: Option<&[u8]> = match (&pool.hash_key, pool.balance) {
@@ -167,16 +252,7 @@ impl ProxyHttp for Gateway {
             let status = if ctx.attempts > 0 { 502 } else { 503 };
             return Error::e_explain(ErrorType::HTTPStatus(status), format!("upstream {}: no usable backend", pool.name));
         };
-        if idx < 64 {
-            ctx.tried |= 1 << idx;
-        }
-        ctx.attempts += 1;
-        ctx.backend = Some(idx);
-        let b = &pool.backends[idx];
-        b.in_flight.fetch_add(1, Relaxed);
-        b.requests.fetch_add(1, Relaxed);
-        ctx.peer_at = Some(std::time::Instant::now());
-        Ok(b.peer(ctx.upgrade))
+        Ok(self.use_backend(pool, idx, ctx))
     }
 
     async fn connected_to_upstream(
@@ -199,6 +275,12 @@ impl ProxyHttp for Gateway {
             let uri = http::Uri::try_from(pq).map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewritten path is not a valid URI", e))?;
             upstream_request.set_uri(uri);
         }
+        if ctx.strip_tag {
+            if let Some(pq) = affinity::strip_sid_tag(upstream_request.uri.path(), upstream_request.uri.query()) {
+                let uri = http::Uri::try_from(pq).map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "sid rewrite", e))?;
+                upstream_request.set_uri(uri);
+            }
+        }
         let local_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.rt.forwarded.apply(upstream_request, peer_ip(session), tls, local_port);
@@ -209,15 +291,47 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.response_time = ctx.peer_at.map(|t| t.elapsed());
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             self.rt.pools[p].report_success(b);
+        }
+        if let (Some((_, aff)), Some(b)) = (self.affinity(ctx), ctx.backend) {
+            let status = resp.status.as_u16();
+            if ctx.sio_handshake && status == 200 {
+                if resp.headers.contains_key(header::CONTENT_ENCODING) {
+                    log::debug!("Socket.IO handshake response is encoded: sid left untagged");
+                } else {
+                    ctx.tag_body = true;
+                }
+                // engine.io's optional `io` cookie names the sid too.
+                for v in resp.headers.get_all(header::SET_COOKIE) {
+                    if let Some(sid) = v.to_str().ok().and_then(|c| c.strip_prefix("io=")).and_then(|c| c.split(';').next()) {
+                        aff.table.insert(sid, b, DEFAULT_SESSION_TTL_MS, now_ms());
+                    }
+                }
+            }
+            ctx.check_unknown = status == 400 && ctx.sid_key.is_some();
         }
         Ok(())
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if ctx.tag_body {
+            // The tagged body is longer; its length is known only once it has arrived.
+            resp.remove_header(&header::CONTENT_LENGTH);
+            if session.req_header().version == http::Version::HTTP_11 {
+                resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
+        if let (Some((_, aff)), Some(b)) = (self.affinity(ctx), ctx.backend) {
+            if let Some(c) = &aff.cookie {
+                if ctx.cookie_backend != Some(b) {
+                    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+                    resp.append_header(header::SET_COOKIE, c.set_cookie(b, tls).clone())?;
+                }
+            }
+        }
         if let Some(r) = ctx.route {
             let route = self.rt.router.get(r);
             route.response_headers.apply(resp);
@@ -228,10 +342,82 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<Option<Duration>> {
+        if ctx.check_unknown {
+            if let (Some(b), Some(key), Some((_, aff))) = (body.as_ref(), ctx.sid_key, self.affinity(ctx)) {
+                if affinity::is_session_unknown(b) {
+                    aff.table.remove_key(key);
+                }
+            }
+        }
+        if !ctx.tag_body {
+            return Ok(None);
+        }
+        if let Some(chunk) = body.take() {
+            ctx.body_buf.extend_from_slice(&chunk);
+        }
+        if ctx.body_buf.len() > MAX_HANDSHAKE_BODY {
+            log::debug!("Socket.IO handshake body over {MAX_HANDSHAKE_BODY} bytes: passed through untagged");
+            ctx.tag_body = false;
+            *body = Some(Bytes::from(std::mem::take(&mut ctx.body_buf)));
+            return Ok(None);
+        }
+        if end_of_stream {
+            ctx.tag_body = false;
+            let buf = std::mem::take(&mut ctx.body_buf);
+            let tagged = match (self.affinity(ctx), ctx.backend) {
+                (Some((pool, aff)), Some(b)) => affinity::tag_handshake(&buf, &pool.backends[b].tag).inspect(|t| {
+                    aff.table.insert(&t.sid, b, t.heartbeat_ms.map_or(DEFAULT_SESSION_TTL_MS, |h| h + 5_000), now_ms());
+                }),
+                _ => None,
+            };
+            *body = Some(match tagged {
+                Some(t) => Bytes::from(t.body),
+                None => {
+                    log::debug!("Socket.IO handshake body is not an open packet: passed through untagged");
+                    Bytes::from(buf)
+                }
+            });
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.session_lost {
+            // The node that owns this Socket.IO session is unreachable: tell the client, so
+            // it reconnects through the gateway to a live node.
+            let _ = respond(session, 400, &[json_ct()], Bytes::from_static(affinity::SESSION_UNKNOWN), None).await;
+            return FailToProxy { error_code: 400, can_reuse_downstream: false };
+        }
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(e) = session.respond_error(code).await {
+                log::debug!("failed to send error response to downstream: {e}");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
     fn fail_to_connect(&self, session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             let pool = &self.rt.pools[p];
             pool.report_failure(b);
+            if ctx.sid_pinned {
+                log::warn!("upstream {} backend {} owning a Socket.IO session is unreachable: {e}", pool.name, peer);
+                ctx.session_lost = true;
+                e.set_retry(false);
+                return e;
+            }
             // Nothing has been sent yet, so trying another backend is safe for any method.
             let more = ctx.attempts <= pool.retries && ctx.attempts < pool.backends.len();
             log::warn!("upstream {} backend {} connect failed ({}): {}", pool.name, peer, if more { "retrying" } else { "giving up" }, e);

@@ -7,7 +7,10 @@ mod select;
 
 pub use health::HealthChecker;
 
-use crate::config::{Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf};
+use crate::config::{AffinityConf, Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf};
+use crate::proxy::affinity::SidTable;
+use http::HeaderValue;
+use std::collections::HashMap;
 use once_cell::sync::Lazy;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -108,9 +111,54 @@ pub struct Pool {
     pub health_check: Option<HealthCheckSettings>,
     max_fails: u32,
     fail_timeout_ms: u64,
+    /// Session affinity, when configured.
+    pub affinity: Option<Affinity>,
     /// Smooth weighted round-robin order of backend indices.
     wheel: Vec<u16>,
     rr: AtomicUsize,
+}
+
+/// Session affinity of a pool.
+pub struct Affinity {
+    /// Requests under this path are Socket.IO (sid tags, handshake tagging).
+    pub socketio_path: Option<String>,
+    /// Sticky cookie.
+    pub cookie: Option<StickyCookie>,
+    /// sid -> backend for sids without a tag.
+    pub table: SidTable,
+    tags: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for Affinity {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("Affinity").field("socketio_path", &self.socketio_path).field("cookie", &self.cookie.as_ref().map(|c| &c.name)).finish()
+    }
+}
+
+impl Affinity {
+    /// The backend whose tag is `tag`.
+    pub fn backend_by_tag(&self, tag: &str) -> Option<usize> {
+        self.tags.get(tag).copied()
+    }
+}
+
+/// A sticky cookie, with its `Set-Cookie` values built per backend at load.
+pub struct StickyCookie {
+    /// Cookie name.
+    pub name: String,
+    plain: Vec<HeaderValue>,
+    secure: Vec<HeaderValue>,
+}
+
+impl StickyCookie {
+    /// The `Set-Cookie` value naming backend `idx` (`Secure` under TLS).
+    pub fn set_cookie(&self, idx: usize, tls: bool) -> &HeaderValue {
+        if tls {
+            &self.secure[idx]
+        } else {
+            &self.plain[idx]
+        }
+    }
 }
 
 /// Active health check settings of a pool.
@@ -143,10 +191,64 @@ pub fn fnv1a(data: &[u8], seed: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-fn make_tag(pool: &str, addr: &SocketAddr) -> String {
-    let h = fnv1a(format!("{pool}|{addr}").as_bytes(), 0);
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    (0..8).map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char).collect()
+/// The stable, opaque 8-character tag of a backend: a hash of pool name, address and the
+/// optional affinity secret, so every gateway process computes the same tags.
+fn make_tag(pool: &str, addr: &SocketAddr, secret: &str) -> String {
+    use crate::proxy::affinity::{TAG_ALPHABET, TAG_LEN};
+    let h = fnv1a(format!("{secret}|{pool}|{addr}").as_bytes(), 0);
+    (0..TAG_LEN).map(|i| TAG_ALPHABET[((h >> (i * 5)) & 31) as usize] as char).collect()
+}
+
+fn compile_affinity(c: &AffinityConf, backends: &[Backend], at: &str, issues: &mut Issues) -> Option<Affinity> {
+    let socketio_path = c.socketio.path();
+    if let Some(p) = &socketio_path {
+        if !p.starts_with('/') {
+            issues.error(format!("{at}.socketio.path"), format!("must start with '/', got \"{p}\""));
+        }
+    }
+    if c.max_sessions == 0 {
+        issues.error(format!("{at}.max_sessions"), "must be at least 1");
+    }
+    let cookie = c.cookie.as_ref().map(|k| {
+        if k.name.is_empty() || !k.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            issues.error(format!("{at}.cookie.name"), format!("invalid cookie name \"{}\"", k.name));
+        }
+        if !["Lax", "Strict", "None"].contains(&k.same_site.as_str()) {
+            issues.error(format!("{at}.cookie.same_site"), format!("must be Lax, Strict or None, got \"{}\"", k.same_site));
+        }
+        if !k.path.starts_with('/') || k.path.contains([';', ' ']) {
+            issues.error(format!("{at}.cookie.path"), format!("invalid cookie path \"{}\"", k.path));
+        }
+        let value = |b: &Backend, secure: bool| {
+            let mut v = format!("{}={}; Path={}", k.name, b.tag, k.path);
+            if let Some(ttl) = k.ttl {
+                v.push_str(&format!("; Max-Age={}", ttl.0.as_secs()));
+            }
+            if k.http_only {
+                v.push_str("; HttpOnly");
+            }
+            v.push_str(&format!("; SameSite={}", k.same_site));
+            if secure || k.same_site == "None" {
+                v.push_str("; Secure");
+            }
+            HeaderValue::try_from(v).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        };
+        StickyCookie {
+            name: k.name.clone(),
+            plain: backends.iter().map(|b| value(b, false)).collect(),
+            secure: backends.iter().map(|b| value(b, true)).collect(),
+        }
+    });
+    if socketio_path.is_none() && cookie.is_none() {
+        return None;
+    }
+    let mut tags = HashMap::new();
+    for (i, b) in backends.iter().enumerate() {
+        if tags.insert(b.tag.clone(), i).is_some() {
+            issues.error(format!("{at}.secret"), "two backends got the same tag: change the secret");
+        }
+    }
+    Some(Affinity { socketio_path, cookie, table: SidTable::new(c.max_sessions.max(1)), tags })
 }
 
 fn parse_hash_key(s: &str) -> Result<HashKey, String> {
@@ -183,6 +285,7 @@ impl Pool {
             issues.error(format!("{at}.servers"), "needs at least one server");
         }
         let mut backends: Vec<Backend> = Vec::new();
+        let secret = c.affinity.as_ref().and_then(|a| a.secret.as_deref()).unwrap_or("");
         for (i, s) in c.servers.iter().enumerate() {
             let key = format!("{at}.servers[{i}]");
             if s.weight == 0 || s.weight > 1000 {
@@ -197,7 +300,7 @@ impl Pool {
                     addr,
                     configured: s.address.clone(),
                     weight: s.weight.clamp(1, 1000),
-                    tag: make_tag(name, &addr),
+                    tag: make_tag(name, &addr, secret),
                     peer_http: base_peer(addr, &c.timeouts, c.timeouts.read),
                     peer_upgrade: base_peer(addr, &c.timeouts, c.timeouts.idle),
                     active_up: AtomicBool::new(true),
@@ -225,6 +328,7 @@ impl Pool {
             check_duration(c.passive.fail_timeout, format!("{at}.passive.fail_timeout"), issues);
         }
         let health_check = c.health_check.as_ref().map(|h| health_settings(h, &format!("{at}.health_check"), issues));
+        let affinity = c.affinity.as_ref().and_then(|a| compile_affinity(a, &backends, &format!("{at}.affinity"), issues));
         let wheel = select::smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
         Pool {
             name: name.to_string(),
@@ -234,6 +338,7 @@ impl Pool {
             timeouts: c.timeouts,
             retries: c.retries,
             health_check,
+            affinity,
             max_fails: c.passive.max_fails,
             fail_timeout_ms: c.passive.fail_timeout.0.as_millis() as u64,
             wheel,

@@ -1,0 +1,322 @@
+//! Socket.IO and cookie affinity, the pure parts: finding and splitting the `sid` of an
+//! engine.io request, stripping the node tag before the request goes upstream, tagging the
+//! sid in a handshake response body (EIO4 and EIO3 framing), and the bounded sid -> node
+//! table used for sids that carry no tag.
+//!
+//! A tagged sid is `<engine sid>.<tag>`, where the tag is the backend's 8-character tag
+//! (see `upstream::Backend::tag`): stateless, the same in every gateway process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Length of a node tag.
+pub const TAG_LEN: usize = 8;
+/// Longest sid we look at; longer ones are treated as untagged and never tagged.
+pub const MAX_SID_LEN: usize = 128;
+/// Alphabet of node tags.
+pub const TAG_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// The `sid` query parameter, if any.
+pub fn sid_param(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("sid=")).filter(|s| !s.is_empty())
+}
+
+/// Whether the query asks for an engine.io polling handshake (`EIO=` and `transport=polling`, no sid).
+pub fn is_polling_handshake(query: Option<&str>) -> bool {
+    let Some(q) = query else { return false };
+    let (mut eio, mut polling) = (false, false);
+    for kv in q.split('&') {
+        if kv.starts_with("sid=") {
+            return false;
+        }
+        eio |= kv.starts_with("EIO=");
+        polling |= kv == "transport=polling";
+    }
+    eio && polling
+}
+
+/// Whether `tag` looks like one of our node tags.
+pub fn is_tag(tag: &str) -> bool {
+    tag.len() == TAG_LEN && tag.bytes().all(|b| TAG_ALPHABET.contains(&b))
+}
+
+/// Splits `<sid>.<tag>`; `None` when the sid carries no well-formed tag.
+pub fn split_tag(sid: &str) -> Option<(&str, &str)> {
+    if sid.len() > MAX_SID_LEN {
+        return None;
+    }
+    let (base, tag) = sid.rsplit_once('.')?;
+    (!base.is_empty() && is_tag(tag)).then_some((base, tag))
+}
+
+/// The path-and-query with the tag removed from `sid=<sid>.<tag>`, or `None` when there is none.
+pub fn strip_sid_tag(path: &str, query: Option<&str>) -> Option<String> {
+    let q = query?;
+    let sid = sid_param(Some(q))?;
+    let (base, _) = split_tag(sid)?;
+    let mut out = String::with_capacity(path.len() + q.len() + 1);
+    out.push_str(path);
+    out.push('?');
+    for (i, kv) in q.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        if kv.starts_with("sid=") {
+            out.push_str("sid=");
+            out.push_str(base);
+        } else {
+            out.push_str(kv);
+        }
+    }
+    Some(out)
+}
+
+/// What tagging a handshake body found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tagged {
+    /// The new body.
+    pub body: Vec<u8>,
+    /// The engine sid as the backend minted it.
+    pub sid: String,
+    /// pingInterval + pingTimeout in ms, when the open packet says.
+    pub heartbeat_ms: Option<u64>,
+}
+
+fn json_number(s: &str, key: &str) -> Option<u64> {
+    let i = s.find(key)? + key.len();
+    let rest = s[i..].trim_start();
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Inserts `.<tag>` after the sid of an open packet `0{...}`; returns the new packet and the sid.
+fn tag_open_packet(packet: &str, tag: &str) -> Option<(String, String, Option<u64>)> {
+    let json = packet.strip_prefix('0')?;
+    if !json.starts_with('{') {
+        return None;
+    }
+    const KEY: &str = "\"sid\":\"";
+    let start = json.find(KEY)? + KEY.len();
+    let len = json[start..].find('"')?;
+    let sid = &json[start..start + len];
+    if sid.is_empty() || sid.len() > MAX_SID_LEN || sid.contains(['\\', '.']) {
+        return None;
+    }
+    let heartbeat = json_number(json, "\"pingInterval\":").zip(json_number(json, "\"pingTimeout\":")).map(|(a, b)| a + b);
+    let mut out = String::with_capacity(packet.len() + 1 + tag.len());
+    out.push('0');
+    out.push_str(&json[..start + len]);
+    out.push('.');
+    out.push_str(tag);
+    out.push_str(&json[start + len..]);
+    Some((out, sid.to_string(), heartbeat))
+}
+
+/// Tags the sid in a polling handshake response body: EIO4 (`0{"sid":...}`, packets separated
+/// by 0x1e) or EIO3 (`<len>:0{"sid":...}` with the length prefix adjusted). `None` when the
+/// body is not an open packet we understand: it is then passed on untouched.
+pub fn tag_handshake(body: &[u8], tag: &str) -> Option<Tagged> {
+    let text = std::str::from_utf8(body).ok()?;
+    if text.starts_with('0') {
+        // EIO4: the open packet is the first record.
+        let end = text.find('\u{1e}').unwrap_or(text.len());
+        let (packet, rest) = text.split_at(end);
+        let (new, sid, heartbeat_ms) = tag_open_packet(packet, tag)?;
+        let mut out = new.into_bytes();
+        out.extend_from_slice(rest.as_bytes());
+        return Some(Tagged { body: out, sid, heartbeat_ms });
+    }
+    // EIO3 string payload: <length in characters>:<packet>...
+    let colon = text.find(':')?;
+    let n: usize = text[..colon].parse().ok()?;
+    let after = &text[colon + 1..];
+    let split = after.char_indices().nth(n).map_or(after.len(), |(i, _)| i);
+    if after[..split].chars().count() != n {
+        return None;
+    }
+    let (packet, rest) = after.split_at(split);
+    let (new, sid, heartbeat_ms) = tag_open_packet(packet, tag)?;
+    let mut out = format!("{}:{}", new.chars().count(), new).into_bytes();
+    out.extend_from_slice(rest.as_bytes());
+    Some(Tagged { body: out, sid, heartbeat_ms })
+}
+
+/// The `400 Session ID unknown` body engine.io itself sends, so clients reconnect.
+pub const SESSION_UNKNOWN: &[u8] = br#"{"code":1,"message":"Session ID unknown"}"#;
+
+/// Whether a backend's 400 body is engine.io's "Session ID unknown".
+pub fn is_session_unknown(body: &[u8]) -> bool {
+    body.windows(b"Session ID unknown".len()).any(|w| w == b"Session ID unknown")
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    backend: u16,
+    last_seen: u64,
+    ttl: u64,
+}
+
+const SHARDS: usize = 16;
+
+/// A bounded, sharded sid -> backend table. Keys are 64-bit hashes of the engine sid, so an
+/// entry costs a few dozen bytes and no allocation; entries expire after their heartbeat
+/// (pingInterval + pingTimeout) of silence.
+pub struct SidTable {
+    shards: Vec<Mutex<HashMap<u64, Entry>>>,
+    per_shard: usize,
+}
+
+impl SidTable {
+    /// A table holding at most about `capacity` sessions.
+    pub fn new(capacity: usize) -> SidTable {
+        SidTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), per_shard: capacity.div_ceil(SHARDS).max(1) }
+    }
+
+    /// The table key of `sid`.
+    pub fn key(sid: &str) -> u64 {
+        crate::upstream::fnv1a(sid.as_bytes(), 0x5eed)
+    }
+
+    fn shard(&self, k: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.shards[(k as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `sid` lives on `backend`; `ttl_ms` of silence expires it.
+    pub fn insert(&self, sid: &str, backend: usize, ttl_ms: u64, now_ms: u64) {
+        let k = Self::key(sid);
+        let mut m = self.shard(k);
+        if m.len() >= self.per_shard && !m.contains_key(&k) {
+            m.retain(|_, e| now_ms.saturating_sub(e.last_seen) <= e.ttl);
+            if m.len() >= self.per_shard {
+                // Still full of live sessions: drop the stalest to stay bounded.
+                if let Some(old) = m.iter().min_by_key(|(_, e)| e.last_seen).map(|(k, _)| *k) {
+                    m.remove(&old);
+                }
+            }
+        }
+        m.insert(k, Entry { backend: backend as u16, last_seen: now_ms, ttl: ttl_ms });
+    }
+
+    /// The backend of `sid`, refreshing its expiry; expired entries are dropped.
+    pub fn get(&self, sid: &str, now_ms: u64) -> Option<usize> {
+        let k = Self::key(sid);
+        let mut m = self.shard(k);
+        let e = m.get_mut(&k)?;
+        if now_ms.saturating_sub(e.last_seen) > e.ttl {
+            m.remove(&k);
+            return None;
+        }
+        e.last_seen = now_ms;
+        Some(e.backend as usize)
+    }
+
+    /// Forgets `sid`.
+    pub fn remove(&self, sid: &str) {
+        self.remove_key(Self::key(sid));
+    }
+
+    /// Forgets the sid with table key `k`.
+    pub fn remove_key(&self, k: u64) {
+        self.shard(k).remove(&k);
+    }
+
+    /// Number of entries (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|m| m.len()).unwrap_or(0)).sum()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Approximate heap bytes used (hash map buckets and control bytes).
+    pub fn heap_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|m| m.capacity() * (std::mem::size_of::<(u64, Entry)>() + 1)).unwrap_or(0)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EIO4: &str = r#"0{"sid":"kB5Oqd_dgt28MwpTAAAA","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+
+    #[test]
+    fn finds_sid_and_handshakes() {
+        assert_eq!(sid_param(Some("EIO=4&transport=polling&sid=abc.defghijk")), Some("abc.defghijk"));
+        assert_eq!(sid_param(Some("EIO=4&transport=polling")), None);
+        assert_eq!(sid_param(Some("sid=")), None);
+        assert!(is_polling_handshake(Some("EIO=4&transport=polling&t=Nx")));
+        assert!(!is_polling_handshake(Some("EIO=4&transport=websocket")));
+        assert!(!is_polling_handshake(Some("EIO=4&transport=polling&sid=x")));
+        assert!(!is_polling_handshake(None));
+    }
+
+    #[test]
+    fn splits_only_well_formed_tags() {
+        assert_eq!(split_tag("kB5Oqd_dgt28MwpTAAAA.abcdefgh"), Some(("kB5Oqd_dgt28MwpTAAAA", "abcdefgh")));
+        assert_eq!(split_tag("kB5Oqd_dgt28MwpTAAAA"), None);
+        assert_eq!(split_tag("kB5Oqd.ABCDEFGH"), None, "upper case is not our alphabet");
+        assert_eq!(split_tag("kB5Oqd.abc"), None, "too short");
+        assert_eq!(split_tag(".abcdefgh"), None, "no sid before the tag");
+        assert_eq!(split_tag(&format!("{}.abcdefgh", "x".repeat(200))), None, "over-long sid");
+    }
+
+    #[test]
+    fn strips_the_tag_and_keeps_the_rest() {
+        assert_eq!(strip_sid_tag("/socket.io/", Some("EIO=4&transport=polling&t=1&sid=AAA.abcdefgh")).unwrap(), "/socket.io/?EIO=4&transport=polling&t=1&sid=AAA");
+        assert_eq!(strip_sid_tag("/socket.io/", Some("sid=AAA.abcdefgh&transport=websocket")).unwrap(), "/socket.io/?sid=AAA&transport=websocket");
+        assert_eq!(strip_sid_tag("/socket.io/", Some("EIO=4&sid=AAA")), None);
+    }
+
+    #[test]
+    fn tags_eio4_open_packet() {
+        let t = tag_handshake(EIO4.as_bytes(), "abcdefgh").unwrap();
+        assert_eq!(t.sid, "kB5Oqd_dgt28MwpTAAAA");
+        assert_eq!(t.heartbeat_ms, Some(45000));
+        let s = String::from_utf8(t.body).unwrap();
+        assert!(s.starts_with(r#"0{"sid":"kB5Oqd_dgt28MwpTAAAA.abcdefgh","upgrades""#), "{s}");
+        assert_eq!(s.len(), EIO4.len() + 9);
+        // A following record (0x1e separated) is kept.
+        let two = format!("{EIO4}\u{1e}40");
+        let s = String::from_utf8(tag_handshake(two.as_bytes(), "abcdefgh").unwrap().body).unwrap();
+        assert!(s.ends_with("}\u{1e}40"));
+    }
+
+    #[test]
+    fn tags_eio3_and_fixes_the_length_prefix() {
+        let packet = r#"0{"sid":"abcdefghij0123456789","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":5000}"#;
+        let body = format!("{}:{}2:40", packet.len(), packet);
+        let t = tag_handshake(body.as_bytes(), "abcdefgh").unwrap();
+        let s = String::from_utf8(t.body).unwrap();
+        let new_len = packet.len() + 9;
+        assert!(s.starts_with(&format!("{new_len}:0{{\"sid\":\"abcdefghij0123456789.abcdefgh\"")), "{s}");
+        assert!(s.ends_with("}2:40"), "{s}");
+        assert_eq!(t.heartbeat_ms, Some(30000));
+    }
+
+    #[test]
+    fn leaves_other_bodies_alone() {
+        for body in [&b"not an open packet"[..], b"", b"0", b"0[]", b"\x1f\x8b\x08\x00gzip", b"13:0{\"sid\":\"a\"}", b"999:0{\"sid\":\"x\"}", "0{\"sid\":\"bad\\\"q\"}".as_bytes(), b"4hello", &[0xff, 0xfe, 0x00]] {
+            assert!(tag_handshake(body, "abcdefgh").is_none(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn table_expires_evicts_and_stays_bounded() {
+        let t = SidTable::new(32);
+        t.insert("a", 1, 1000, 0);
+        assert_eq!(t.get("a", 500), Some(1));
+        assert_eq!(t.get("a", 1400), Some(1), "a lookup refreshed it");
+        assert_eq!(t.get("a", 3000), None, "expired");
+        t.insert("b", 2, 1000, 0);
+        t.remove("b");
+        assert_eq!(t.get("b", 1), None);
+        for i in 0..10_000 {
+            t.insert(&format!("s{i}"), 0, 60_000, i);
+        }
+        assert!(t.len() <= 32 + SHARDS, "bounded: {}", t.len());
+        assert_eq!(t.get("s9999", 10_000), Some(0), "the newest survive");
+    }
+}
