@@ -20,6 +20,10 @@ pub struct Cli {
 
 /// Usage text.
 pub const USAGE: &str = "usage: gateway [-c FILE] [-t] [-u] [-d]
+       gateway upgrade [-c FILE] [--bin NEW_BINARY] [--timeout 30s]
+  upgrade           zero-downtime binary upgrade / config reload of the running gateway:
+                    checks FILE with the new binary, starts it with -u -d, hands the
+                    listening sockets over (SIGQUIT to the old process), waits until it serves
   -c, --conf FILE   config file (default: conf/gateway.yaml)
   -t, --test        check the config (and every file it names) and exit: 0 if valid
   -u, --upgrade     take the listening sockets over from the running gateway (zero-downtime upgrade)
@@ -36,11 +40,17 @@ pub enum Command {
     Help,
     /// Print the version.
     Version,
+    /// Upgrade the running gateway (`gateway upgrade ...`).
+    Upgrade(crate::upgrade::UpgradeArgs),
 }
 
 /// Parses arguments (without the program name).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
     let mut cli = Cli { config: PathBuf::from(DEFAULT_CONFIG), test: false, upgrade: false, daemon: false };
+    let args: Vec<String> = args.into_iter().collect();
+    if args.first().map(String::as_str) == Some("upgrade") {
+        return crate::upgrade::parse(&args[1..]).map(Command::Upgrade);
+    }
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {

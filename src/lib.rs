@@ -17,6 +17,7 @@ pub mod filter;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod upgrade;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};
@@ -47,6 +48,7 @@ pub fn run_with(registry: Registry) -> ExitCode {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().try_init();
     match cli::parse(std::env::args().skip(1)) {
         Ok(cli::Command::Run(c)) => run_cli_with(c, &registry),
+        Ok(cli::Command::Upgrade(a)) => upgrade::run(&a),
         Ok(cli::Command::Help) => {
             println!("{}", cli::USAGE);
             ExitCode::SUCCESS
@@ -89,6 +91,7 @@ fn run_cli_with(cli: cli::Cli, registry: &Registry) -> ExitCode {
         println!("gateway: configuration {shown} is valid");
         return ExitCode::SUCCESS;
     }
+    upgrade::write_pid_file(&cli, &rt.server_conf.pid_file);
     log::info!("gateway {} starting with {shown}: {} listener(s), {} pool(s), {} route(s)", env!("CARGO_PKG_VERSION"), rt.listeners.len(), rt.pools.len(), rt.router.len());
     server::build(rt, server::RunFlags { upgrade: cli.upgrade, daemon: cli.daemon }).run_forever()
 }

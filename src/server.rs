@@ -25,8 +25,19 @@ pub struct RunFlags {
 pub fn build(rt: Runtime, flags: RunFlags) -> Server {
     let rt = Arc::new(rt);
     let opt = Opt { upgrade: flags.upgrade, daemon: flags.daemon, nocapture: false, test: false, conf: None };
-    let mut server = Server::new_with_opt_and_conf(opt, clone_conf(&rt));
-    server.bootstrap();
+    let mut conf = clone_conf(&rt);
+    // A daemon's launcher exits only once the daemon holds its listening sockets, so a
+    // service manager (or `gateway upgrade`) knows the hand-over worked.
+    conf.daemon_wait_for_ready |= flags.daemon;
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Daemonising forks after this point: the socket hand-over (bootstrap) must then run as a
+    // service in the daemon, which reports readiness to the launcher when done.
+    let bootstrap = if flags.daemon {
+        Some(server.bootstrap_as_a_service())
+    } else {
+        server.bootstrap();
+        None
+    };
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(rt.clone()), "gateway");
     for l in &rt.listeners {
@@ -41,6 +52,9 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
     let proxy = server.add_service(proxy);
     // Accept traffic only once every pool's first health-check round has run.
     proxy.add_dependencies(&health);
+    if let Some(b) = &bootstrap {
+        proxy.add_dependency(b);
+    }
 
     if let Some(addr) = rt.admin {
         let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin::new(rt.clone())));
