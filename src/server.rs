@@ -25,11 +25,10 @@ pub struct RunFlags {
 pub fn build(rt: Runtime, flags: RunFlags) -> Server {
     let rt = Arc::new(rt);
     let opt = Opt { upgrade: flags.upgrade, daemon: flags.daemon, nocapture: false, test: false, conf: None };
-    let mut conf = clone_conf(&rt);
-    // A daemon's launcher exits only once the daemon holds its listening sockets, so a
-    // service manager (or `gateway upgrade`) knows the hand-over worked.
-    conf.daemon_wait_for_ready |= flags.daemon;
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Not `daemon_wait_for_ready`: in Pingora 0.9.1 the launcher installs its SIGUSR1 handler
+    // after forking, and a daemon that bootstraps fast kills it. `gateway upgrade` checks
+    // readiness itself (new pid, socket hand-over, admin answer).
+    let mut server = Server::new_with_opt_and_conf(opt, clone_conf(&rt));
     // Daemonising forks after this point: the socket hand-over (bootstrap) must then run as a
     // service in the daemon, which reports readiness to the launcher when done.
     let bootstrap = if flags.daemon {

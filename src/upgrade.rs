@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long Pingora's old process still accepts after sending its sockets (its CLOSE_TIMEOUT),
+/// plus a margin.
+const PINGORA_CLOSE_TIMEOUT_MS: u64 = 5_500;
+
 /// Settings of one upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeArgs {
@@ -91,8 +95,8 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
     let conf = &rt.server_conf;
     let old = read_pid(&conf.pid_file).filter(|&p| alive(p)).ok_or_else(|| UpgradeError::NoOldProcess(format!("no live pid in {}", conf.pid_file)))?;
 
-    // The new process daemonises; its launcher exits 0 once the daemon is ready to receive
-    // the sockets (daemon_wait_for_ready), and the daemon then binds upgrade_sock and waits.
+    // The new process daemonises (its launcher exits 0 after the fork); the daemon writes the
+    // pid file, then binds upgrade_sock and waits there for the sockets.
     let sock = Path::new(&conf.upgrade_sock);
     let _ = std::fs::remove_file(sock);
     let restore = |why: String| {
@@ -133,6 +137,7 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
         unsafe { libc::kill(new, libc::SIGKILL) };
         return Err(restore(format!("cannot signal old process {old}: {}", std::io::Error::last_os_error())));
     }
+    let handed_over = Instant::now();
     if !wait_until(args.timeout, || !sock.exists() || !alive(new)) || !alive(new) {
         return Err(UpgradeError::NotReady(format!("process {new} did not take the sockets over")));
     }
@@ -142,6 +147,10 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
             return Err(UpgradeError::NotReady(format!("process {new} does not answer on the admin listener {admin}")));
         }
     }
+    // Pingora's old process keeps accepting on the shared sockets for a fixed 5 s after the
+    // hand-over; return once only the new process (and its config) takes new connections.
+    let close_window = Duration::from_millis(PINGORA_CLOSE_TIMEOUT_MS);
+    std::thread::sleep(close_window.saturating_sub(handed_over.elapsed()));
     Ok(new)
 }
 

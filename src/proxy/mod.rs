@@ -226,7 +226,11 @@ impl ProxyHttp for Gateway {
         if let Some(prev) = ctx.backend.take() {
             pool.backends[prev].in_flight.fetch_sub(1, Relaxed);
         }
-        if let Some(idx) = ctx.pinned.take() {
+        // A sid pin holds for retries too: no other node knows the session (if the node is
+        // gone, the connect fails and the client gets "Session ID unknown"). A cookie pin is a
+        // preference: a retry is balanced.
+        let pinned = if ctx.sid_pinned { ctx.pinned } else { ctx.pinned.take() };
+        if let Some(idx) = pinned {
             return Ok(self.use_backend(pool, idx, ctx));
         }
         let req = session.req_header();

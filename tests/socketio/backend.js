@@ -45,6 +45,7 @@ const stats = {
   connection_errors: {},   // engine.io error code -> count
   error_samples: [],       // a few of them, for diagnostics
   upgrades: 0,             // engine transport upgrades completed
+  close_reasons: {},       // engine connection close reason -> count
   http_requests: 0,        // requests under the Socket.IO path (polling + upgrade requests)
 };
 
@@ -118,6 +119,7 @@ countRequests();
 io.engine.on("connection", (conn) => {
   stats.handshakes++;
   conn.on("upgrade", () => { stats.upgrades++; });
+  conn.on("close", (reason) => { stats.close_reasons[reason] = (stats.close_reasons[reason] || 0) + 1; });
   conn.on("close", () => { upgradeHeaders.delete(conn.id); lastRequestHeaders.delete(conn.id); });
 });
 

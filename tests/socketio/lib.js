@@ -434,6 +434,13 @@ class ClientSet {
     socket.on("connect", () => { rec.connects++; });
     socket.on("disconnect", (reason, desc) => { rec.disconnects.push({ at: Date.now(), reason, desc: desc && (desc.description && String(desc.description.message || desc.description) || desc.message) }); });
     socket.on("connect_error", (err) => { rec.connectErrors.push({ at: Date.now(), message: err && err.message, desc: err && err.description }); });
+    // Upgrade probes fail silently for the application: record them from the start.
+    if (socket.io) {
+      socket.io.on("open", () => {
+        const e = socket.io.engine;
+        if (e) e.on("upgradeError", (err) => { rec.upgradeErrors.push({ at: Date.now(), message: String(err && err.message), sid: e.id }); });
+      });
+    }
     this.all.push(rec);
     live.sockets.add(socket);
     return rec;
@@ -523,16 +530,18 @@ async function runEchoes(sockets, perClient, { concurrency = 100, timeout = 1000
 /** Resolves once the client's engine runs on WebSocket (or rejects after `ms`). */
 function waitWebsocket(socket, ms = 10000) {
   const engineOf = () => socket.io && socket.io.engine;
-  return withTimeout(new Promise((resolve, reject) => {
+  let iv;
+  return withTimeout(new Promise((resolve) => {
     const check = () => {
       const e = engineOf();
-      if (e && e.transport && e.transport.name === "websocket" && socket.connected) { clearInterval(iv); resolve(); }
+      if (e && e.transport && e.transport.name === "websocket" && socket.connected) resolve();
     };
-    const iv = setInterval(check, 50);
+    iv = setInterval(check, 50);
     check();
+  }), ms, "upgrade to websocket").catch((err) => {
     const e = engineOf();
-    if (e) e.once("upgradeError", (err) => { if (socket.__rec) socket.__rec.upgradeErrors.push(String(err && err.message)); });
-  }), ms, `upgrade to websocket (upgradeErrors: ${JSON.stringify(socket.__rec ? socket.__rec.upgradeErrors : [])})`);
+    throw new Error(`${err.message} (engine sid ${e && e.id}, transport ${e && e.transport && e.transport.name}, upgradeErrors ${JSON.stringify(socket.__rec ? socket.__rec.upgradeErrors : [])})`);
+  }).finally(() => clearInterval(iv));
 }
 
 /** The engine (session) id the client sees, i.e. the gateway-tagged sid. */
