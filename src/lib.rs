@@ -7,6 +7,7 @@
 //! - [`upstream`]: pools, balancing, active and passive health
 //! - [`filter`]: Rust filter hooks per route ([`filter::Filter`], [`filter::Registry`])
 //! - [`admin`]: `/health` and `/status`
+//! - [`tls`]: listener certificates (SNI), TLS to backends
 //! - [`server`]: assembles the Pingora server and its services
 //! - [`cli`]: the command line
 
@@ -17,6 +18,7 @@ pub mod filter;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 

@@ -5,7 +5,8 @@ use crate::config::{server_conf, Config, ConfigError, Issue, Issues};
 use crate::filter::Registry;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::router::{Action, Router};
-use crate::upstream::Pool;
+use crate::tls::ListenerTls;
+use crate::upstream::{Pool, UpstreamTls};
 use pingora_core::server::configuration::ServerConf;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +17,15 @@ const SOCKETIO_HEARTBEAT_SECS: u64 = 45;
 /// Socket.IO's default pingInterval: a held polling request lasts this long.
 const SOCKETIO_POLL_SECS: u64 = 25;
 
+/// A client-facing listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address.
+    pub addr: SocketAddr,
+    /// TLS, when terminated here.
+    pub tls: Option<ListenerTls>,
+}
+
 /// A validated, compiled config.
 pub struct Runtime {
     /// Route table.
@@ -24,8 +34,12 @@ pub struct Runtime {
     pub pools: Vec<Arc<Pool>>,
     /// Forwarded-header policy.
     pub forwarded: Forwarded,
-    /// Client-facing listener addresses.
-    pub listeners: Vec<SocketAddr>,
+    /// Client-facing listeners.
+    pub listeners: Vec<Listener>,
+    /// Local ports whose plain-HTTP requests are redirected to https.
+    pub redirect_ports: Vec<u16>,
+    /// Port of the first TLS listener (the redirect target).
+    pub https_port: Option<u16>,
     /// Admin listener, if enabled.
     pub admin: Option<SocketAddr>,
     /// Pingora's server settings.
@@ -55,21 +69,35 @@ impl Runtime {
         let mut issues = Issues::default();
         let server_conf = server_conf(&cfg.server, &mut issues);
 
-        let mut listeners = Vec::new();
+        let mut listeners: Vec<Listener> = Vec::new();
+        let mut redirect_ports = Vec::new();
         if cfg.listeners.is_empty() {
             issues.error("listeners", "needs at least one listener");
         }
         for (i, l) in cfg.listeners.iter().enumerate() {
-            if let Some(a) = parse_listen(&l.address, format!("listeners[{i}].address"), &mut issues) {
-                if listeners.contains(&a) {
-                    issues.error(format!("listeners[{i}].address"), format!("{a} is listed twice"));
-                }
-                listeners.push(a);
+            let Some(addr) = parse_listen(&l.address, format!("listeners[{i}].address"), &mut issues) else { continue };
+            if listeners.iter().any(|x| x.addr == addr) {
+                issues.error(format!("listeners[{i}].address"), format!("{addr} is listed twice"));
             }
+            let tls = l.tls.as_ref().and_then(|t| crate::tls::compile_listener(cfg, t, l.http2, &format!("listeners[{i}].tls"), &mut issues));
+            if l.http2 && l.tls.is_none() {
+                issues.error(format!("listeners[{i}].http2"), "needs tls (h2 is offered by ALPN)");
+            }
+            if l.redirect_https {
+                if l.tls.is_some() {
+                    issues.error(format!("listeners[{i}].redirect_https"), "only applies to plain-HTTP listeners");
+                }
+                redirect_ports.push(addr.port());
+            }
+            listeners.push(Listener { addr, tls });
+        }
+        let https_port = cfg.listeners.iter().zip(&listeners).find(|(c, _)| c.tls.is_some()).map(|(_, l)| l.addr.port());
+        if !redirect_ports.is_empty() && https_port.is_none() {
+            issues.warn("listeners", "redirect_https without a TLS listener: redirects go to port 443");
         }
         let admin = if cfg.admin.enabled { parse_listen(&cfg.admin.address, "admin.address".into(), &mut issues) } else { None };
         if let Some(a) = admin {
-            if listeners.contains(&a) {
+            if listeners.iter().any(|l| l.addr == a) {
                 issues.error("admin.address", format!("{a} is also a client listener"));
             }
         }
@@ -82,7 +110,12 @@ impl Runtime {
                 issues.error(format!("upstreams.{name}"), "pool names use letters, digits, '-', '_' and '.'");
             }
             pool_index.insert(name.clone(), pools.len());
-            pools.push(Arc::new(Pool::compile(name, u, &mut issues)));
+            let tls = u.tls.as_ref().map(|t| UpstreamTls {
+                sni: t.sni.clone(),
+                verify: t.verify,
+                ca: t.ca_file.as_ref().and_then(|f| crate::tls::load_ca(cfg, f, &format!("upstreams.{name}.tls.ca_file"), &mut issues)),
+            });
+            pools.push(Arc::new(Pool::compile_with_tls(name, u, tls, &mut issues)));
         }
         let router = Router::compile(&cfg.routes, &pool_index, filters, &mut issues);
         if cfg.routes.is_empty() {
@@ -110,7 +143,7 @@ impl Runtime {
         if !issues.errors.is_empty() {
             return Err(ConfigError::Invalid(issues.errors));
         }
-        Ok(Runtime { router, pools, forwarded, listeners, admin, server_conf, warnings: issues.warnings })
+        Ok(Runtime { router, pools, forwarded, listeners, redirect_ports, https_port, admin, server_conf, warnings: issues.warnings })
     }
 }
 

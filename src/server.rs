@@ -40,7 +40,10 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(rt.clone()), "gateway");
     for l in &rt.listeners {
-        proxy.add_tcp(&l.to_string());
+        match &l.tls {
+            Some(tls) => proxy.add_tls_with_settings(&l.addr.to_string(), None, tls.settings()),
+            None => proxy.add_tcp(&l.addr.to_string()),
+        }
     }
     let mut health = Vec::new();
     for pool in &rt.pools {

@@ -29,13 +29,17 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConf>,
     /// Routes, in match order.
     pub routes: Vec<RouteConf>,
+    /// Directory of the config file: relative file paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             server: serde_yaml::Mapping::new(),
-            listeners: vec![ListenerConf { address: "0.0.0.0:8080".into() }],
+            listeners: vec![ListenerConf { address: "0.0.0.0:8080".into(), tls: None, http2: false, redirect_https: false }],
+            base_dir: None,
             admin: AdminConf::default(),
             forwarded: ForwardedConf::default(),
             upstreams: BTreeMap::new(),
@@ -50,6 +54,61 @@ impl Default for Config {
 pub struct ListenerConf {
     /// `IP:port` to listen on.
     pub address: String,
+    /// TLS termination; absent means plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConf>,
+    /// Offer HTTP/2 by ALPN (TLS listeners).
+    #[serde(default)]
+    pub http2: bool,
+    /// Answer plain-HTTP requests with a 301 to the https URL (routes may opt out with `allow_http`).
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+/// TLS of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConf {
+    /// Certificates, chosen by SNI; the first is the default.
+    pub certificates: Vec<CertConf>,
+    /// Lowest TLS version accepted.
+    #[serde(default = "default_min_tls")]
+    pub min_version: String,
+}
+
+fn default_min_tls() -> String {
+    "1.2".into()
+}
+
+/// One certificate and key (PEM files; relative paths are relative to the config file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConf {
+    /// Certificate chain file.
+    pub cert: String,
+    /// Private key file (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Names served with this certificate (exact or `*.example.com`); default: the certificate's own names.
+    #[serde(default)]
+    pub server_names: Option<Vec<String>>,
+}
+
+/// TLS to the backends of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConf {
+    /// Server name sent and verified; default: the host part of each server address.
+    pub sni: Option<String>,
+    /// Verify the backend's certificate and name.
+    pub verify: bool,
+    /// CA bundle (PEM) to verify against, instead of the system roots.
+    pub ca_file: Option<String>,
+}
+
+impl Default for UpstreamTlsConf {
+    fn default() -> Self {
+        UpstreamTlsConf { sni: None, verify: true, ca_file: None }
+    }
 }
 
 /// The admin listener (`/health`, `/status`).
@@ -154,6 +213,9 @@ pub struct UpstreamConf {
     /// Session affinity (Socket.IO sid tagging, sticky cookie).
     #[serde(default)]
     pub affinity: Option<AffinityConf>,
+    /// TLS to the backends (https / wss); absent means plain.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConf>,
 }
 
 /// Session affinity of a pool.
@@ -441,6 +503,9 @@ pub struct RouteConf {
     /// Rust filters run on this route, in order.
     #[serde(default)]
     pub filters: Vec<FilterConf>,
+    /// Serve this route on `redirect_https` listeners too (e.g. ACME HTTP-01 challenges).
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 /// A filter on a route.
@@ -455,6 +520,15 @@ pub struct FilterConf {
 }
 
 impl Config {
+    /// `path` resolved against the config file's directory when relative.
+    pub fn resolve_path(&self, path: &str) -> std::path::PathBuf {
+        let p = std::path::Path::new(path);
+        match &self.base_dir {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
     /// Parses YAML text; errors name the key path, line and column.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
         if text.trim().is_empty() {
@@ -467,6 +541,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Read(path.display().to_string(), e))?;
-        Config::from_yaml(&text)
+        let mut cfg = Config::from_yaml(&text)?;
+        cfg.base_dir = path.parent().map(|p| p.to_path_buf());
+        Ok(cfg)
     }
 }

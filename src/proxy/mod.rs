@@ -104,6 +104,21 @@ fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ct
     true
 }
 
+/// The https URL of a plain-HTTP request: same host (port replaced) and path.
+fn https_location(req: &RequestHeader, https_port: Option<u16>) -> header::HeaderValue {
+    let host = request_host(req);
+    let host = if host.starts_with('[') { host.find(']').map_or(host, |i| &host[..=i]) } else { host.rsplit_once(':').map_or(host, |(h, _)| h) };
+    let mut url = String::with_capacity(host.len() + 32);
+    url.push_str("https://");
+    url.push_str(host);
+    if let Some(p) = https_port.filter(|&p| p != 443) {
+        url.push(':');
+        url.push_str(&p.to_string());
+    }
+    url.push_str(req.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    header::HeaderValue::try_from(url).unwrap_or_else(|_| header::HeaderValue::from_static("/"))
+}
+
 /// Host of the request: the Host header, or the URI authority (HTTP/2).
 fn request_host(req: &RequestHeader) -> &str {
     req.headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri.authority().map(|a| a.as_str())).unwrap_or("")
@@ -166,6 +181,14 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(idx);
+        if !self.rt.redirect_ports.is_empty() && !route.allow_http {
+            let port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
+            if port.is_some_and(|p| self.rt.redirect_ports.contains(&p)) {
+                let loc = https_location(session.req_header(), self.rt.https_port);
+                respond(session, 301, &[(header::LOCATION, loc)], Bytes::new(), None).await?;
+                return Ok(true);
+            }
+        }
         for f in &route.filters {
             if f.request(session, ctx).await? {
                 return Ok(true);

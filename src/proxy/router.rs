@@ -118,6 +118,8 @@ pub struct Route {
     pub response_headers: HeaderRules,
     /// Rust filters, in order.
     pub filters: Vec<Arc<dyn Filter>>,
+    /// Served on `redirect_https` listeners too.
+    pub allow_http: bool,
 }
 
 impl std::fmt::Debug for Route {
@@ -361,7 +363,7 @@ fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, 
     if issues.errors.len() != errors_before {
         return None;
     }
-    Some(Route { name: at, hosts, path, action, rewrite, request_headers, response_headers, filters })
+    Some(Route { name: at, hosts, path, action, rewrite, request_headers, response_headers, filters, allow_http: rc.allow_http })
 }
 
 #[cfg(test)]

@@ -28,12 +28,26 @@ impl HealthChecker {
         let settings = pool.health_check.clone()?;
         let check: Box<dyn HealthCheck + Send + Sync> = match &settings.http {
             None => {
-                let mut c = TcpHealthCheck::new();
+                let mut c = match &pool.tls {
+                    Some(t) => TcpHealthCheck::new_tls(&t.sni.clone().unwrap_or_default()),
+                    None => TcpHealthCheck::new(),
+                };
                 c.peer_template.options.connection_timeout = Some(settings.timeout);
+                if let Some(t) = &pool.tls {
+                    c.peer_template.options.verify_cert = t.verify;
+                    c.peer_template.options.verify_hostname = t.verify;
+                    c.peer_template.options.ca = t.ca.clone();
+                }
                 c
             }
             Some((path, status, host)) => {
-                let mut c = HttpHealthCheck::new(host, false);
+                let mut c = HttpHealthCheck::new(host, pool.tls.is_some());
+                if let Some(t) = &pool.tls {
+                    c.peer_template.sni = t.sni.clone().unwrap_or_else(|| host.clone());
+                    c.peer_template.options.verify_cert = t.verify;
+                    c.peer_template.options.verify_hostname = t.verify;
+                    c.peer_template.options.ca = t.ca.clone();
+                }
                 c.req.set_uri(http::Uri::try_from(path.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")));
                 c.peer_template.options.connection_timeout = Some(settings.timeout);
                 c.peer_template.options.read_timeout = Some(settings.timeout);

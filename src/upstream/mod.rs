@@ -15,6 +15,7 @@ use once_cell::sync::Lazy;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
@@ -113,6 +114,8 @@ pub struct Pool {
     fail_timeout_ms: u64,
     /// Session affinity, when configured.
     pub affinity: Option<Affinity>,
+    /// TLS to the backends.
+    pub tls: Option<UpstreamTls>,
     /// Smooth weighted round-robin order of backend indices.
     wheel: Vec<u16>,
     rr: AtomicUsize,
@@ -158,6 +161,23 @@ impl StickyCookie {
         } else {
             &self.plain[idx]
         }
+    }
+}
+
+/// TLS to a pool's backends.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// SNI and verified name; default: the host of each server address.
+    pub sni: Option<String>,
+    /// Verify certificate and name.
+    pub verify: bool,
+    /// CA bundle instead of the system roots.
+    pub ca: Option<Arc<[pingora_core::utils::tls::WrappedX509]>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").field("sni", &self.sni).field("verify", &self.verify).field("ca", &self.ca.as_ref().map(|c| c.len())).finish()
     }
 }
 
@@ -262,8 +282,22 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     }
 }
 
-fn base_peer(addr: SocketAddr, t: &TimeoutsConf, read: Dur) -> HttpPeer {
-    let mut p = HttpPeer::new(addr, false, String::new());
+/// The SNI for a backend: the configured one, else the host of its address.
+fn sni_for(tls: &UpstreamTls, configured: &str) -> String {
+    tls.sni.clone().unwrap_or_else(|| configured.rsplit_once(':').map_or(configured, |(h, _)| h).trim_matches(['[', ']']).to_string())
+}
+
+fn base_peer(addr: SocketAddr, configured: &str, t: &TimeoutsConf, read: Dur, tls: Option<&UpstreamTls>) -> HttpPeer {
+    let mut p = match tls {
+        Some(tls) => {
+            let mut p = HttpPeer::new(addr, true, sni_for(tls, configured));
+            p.options.verify_cert = tls.verify;
+            p.options.verify_hostname = tls.verify;
+            p.options.ca = tls.ca.clone();
+            p
+        }
+        None => HttpPeer::new(addr, false, String::new()),
+    };
     p.options.connection_timeout = Some(t.connect.0);
     p.options.read_timeout = Some(read.0);
     p.options.write_timeout = Some(t.write.0);
@@ -278,8 +312,13 @@ fn check_duration(d: Dur, at: String, issues: &mut Issues) {
 }
 
 impl Pool {
-    /// Builds a pool from its config, resolving names; problems go to `issues`.
+    /// Builds a plain-HTTP pool from its config, resolving names; problems go to `issues`.
     pub fn compile(name: &str, c: &UpstreamConf, issues: &mut Issues) -> Pool {
+        Pool::compile_with_tls(name, c, None, issues)
+    }
+
+    /// Builds a pool whose backends speak `tls` when given.
+    pub fn compile_with_tls(name: &str, c: &UpstreamConf, tls: Option<UpstreamTls>, issues: &mut Issues) -> Pool {
         let at = format!("upstreams.{name}");
         if c.servers.is_empty() {
             issues.error(format!("{at}.servers"), "needs at least one server");
@@ -301,8 +340,8 @@ impl Pool {
                     configured: s.address.clone(),
                     weight: s.weight.clamp(1, 1000),
                     tag: make_tag(name, &addr, secret),
-                    peer_http: base_peer(addr, &c.timeouts, c.timeouts.read),
-                    peer_upgrade: base_peer(addr, &c.timeouts, c.timeouts.idle),
+                    peer_http: base_peer(addr, &s.address, &c.timeouts, c.timeouts.read, tls.as_ref()),
+                    peer_upgrade: base_peer(addr, &s.address, &c.timeouts, c.timeouts.idle, tls.as_ref()),
                     active_up: AtomicBool::new(true),
                     ejected_until: AtomicU64::new(0),
                     fails: AtomicU32::new(0),
@@ -339,6 +378,7 @@ impl Pool {
             retries: c.retries,
             health_check,
             affinity,
+            tls,
             max_fails: c.passive.max_fails,
             fail_timeout_ms: c.passive.fail_timeout.0.as_millis() as u64,
             wheel,
