@@ -317,3 +317,51 @@ fn bad_certificates_are_config_errors() {
     assert_ne!(code, 0);
     assert!(out.contains("listeners[0].http2: needs tls"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_certificate_is_picked_up_by_gateway_upgrade() {
+    let pki = Pki::new();
+    let b = Backend::start("node-1").await;
+    let (c, k) = pki.leaf("site", &["a.test"], false);
+    let (https, admin) = (free_port(), free_port());
+    let dir = &pki.dir;
+    let cfg_path = dir.join("gw.yaml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "server: {{ pid_file: \"{d}/gw.pid\", upgrade_sock: \"{d}/gw.sock\", grace_period_seconds: 10, graceful_shutdown_timeout_seconds: 2 }}\nlisteners:\n  - address: \"127.0.0.1:{https}\"\n    tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }} ] }}\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\nupstreams:\n  app: {{ servers: [ {{ address: \"{}\" }} ] }}\nroutes: [ {{ upstream: app }} ]\n",
+            c.display(),
+            k.display(),
+            b.addr,
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let first = Gateway::start_with(&std::fs::read_to_string(&cfg_path).unwrap(), https, admin);
+    let s = tls_connect(&pki, https, "a.test", &[b"http/1.1"]).await;
+    let old_der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    drop(s);
+    // An established wss connection to the old process.
+    let s = tls_connect(&pki, https, "a.test", &[b"http/1.1"]).await;
+    let (mut kept, _) = tokio_tungstenite::client_async("wss://a.test/ws", s).await.unwrap();
+
+    // Renew the certificate in place (new key), then reload by binary upgrade.
+    pki.leaf("site", &["a.test"], false);
+    let log = dir.join("upgrade.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let st = std::process::Command::new(gateway_bin()).args(["upgrade", "-c", cfg_path.to_str().unwrap()]).stdout(f.try_clone().unwrap()).stderr(f).status().unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+
+    let s = tls_connect(&pki, https, "a.test", &[b"http/1.1"]).await;
+    let new_der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_ne!(old_der, new_der, "new connections get the renewed certificate");
+    // The WebSocket opened before the reload still works (it lives on the old process until
+    // it closes or the grace period ends).
+    kept.send(WsMessage::Text("still here".into())).await.unwrap();
+    let echo = tokio::time::timeout(std::time::Duration::from_secs(5), kept.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "still here");
+
+    let pid: i32 = std::fs::read_to_string(dir.join("gw.pid")).unwrap().trim().parse().unwrap();
+    drop(first);
+    let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+}
