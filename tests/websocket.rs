@@ -32,6 +32,16 @@ async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>
     }
 }
 
+/// Reads until the connection ends (close frame, EOF or error).
+async fn wait_closed(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+    loop {
+        match ws.next().await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_gateway() {
     let b = Backend::start("node-1").await;
@@ -80,14 +90,7 @@ async fn short_idle_timeout_closes_an_idle_websocket() {
     }
     // ...silence in both directions closes it.
     let t = Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
+    let end = tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut ws))
     .await;
     assert!(end.is_ok(), "idle WebSocket was not closed within 5 s");
     let waited = t.elapsed();
@@ -119,14 +122,7 @@ async fn configured_idle_timeout_is_honoured_both_ways() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(echo(&mut ws, "still here after 2 s").await, "still here after 2 s");
     let t = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(8), async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
+    let closed = tokio::time::timeout(Duration::from_secs(8), wait_closed(&mut ws))
     .await;
     assert!(closed.is_ok(), "not closed after 8 s");
     assert!(t.elapsed() >= Duration::from_millis(2500), "closed too early: {:?}", t.elapsed());
