@@ -80,6 +80,10 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+/// How long a connection waiting for its request header is still read after shutdown
+/// (pingora-gateway patch).
+const SHUTDOWN_READ_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -329,12 +333,23 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        let res = {
+            // pingora-gateway patch: on shutdown, a connection accepted a moment ago (or a
+            // keep-alive one whose client is sending right now) may have its request on the
+            // wire. Dropping it at once answers that request with EOF; instead keep reading for
+            // SHUTDOWN_READ_GRACE, then drop idle connections as before. See PATCHED.md.
+            let read = downstream_session.read_request();
+            tokio::pin!(read);
+            tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = &mut read => { res }
+                _ = self.await_shutdown() => {
+                    match tokio::time::timeout(SHUTDOWN_READ_GRACE, &mut read).await {
+                        Ok(res) => res,
+                        // idle: service shutting down, drop the connection
+                        Err(_) => return None,
+                    }
+                }
             }
         };
         match res {
