@@ -223,8 +223,13 @@ async fn three_upgrades_under_load_lose_nothing() {
     assert!(first.wait_exit(Duration::from_secs(20)).is_some(), "old process still running");
     // SIGTERM on the current one: stops accepting, exits within grace + shutdown timeout.
     let last = read_pid(&dir);
+    // A slow request in flight when SIGTERM arrives still completes.
+    let slow = tokio::spawn(async move { http(port, "GET /sleep/1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     unsafe_kill(last, "TERM");
+    let r = slow.await.unwrap().expect("in-flight request answered");
+    assert_eq!(r.status, 200, "in-flight request finished after SIGTERM");
     let gone = eventually(Duration::from_secs(15), || async move { std::process::Command::new("kill").args(["-0", &last.to_string()]).status().map(|s| !s.success()).unwrap_or(true) }).await;
     assert!(gone, "SIGTERM did not stop {last}");
     assert!(t0.elapsed() < Duration::from_secs(12), "took {:?}", t0.elapsed());
