@@ -223,9 +223,10 @@ async fn three_upgrades_under_load_lose_nothing() {
     assert!(first.wait_exit(Duration::from_secs(20)).is_some(), "old process still running");
     // SIGTERM on the current one: stops accepting, exits within grace + shutdown timeout.
     let last = read_pid(&dir);
-    // A slow request in flight when SIGTERM arrives still completes.
-    let slow = tokio::spawn(async move { http(port, "GET /sleep/1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A slow request in flight when SIGTERM arrives still completes (within the 1 s grace
+    // period: Pingora drops what is left when it ends).
+    let slow = tokio::spawn(async move { http(port, "GET /sleep/600 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     unsafe_kill(last, "TERM");
     let r = slow.await.unwrap().expect("in-flight request answered");
