@@ -11,5 +11,10 @@ cargo build --release --bin gateway --example demo_backend
 ./target/release/examples/demo_backend --listen 127.0.0.1:3001 --name node-a --listen 127.0.0.1:3002 --name node-b &
 backends=$!
 trap 'kill $backends 2>/dev/null || true' EXIT INT TERM
+sleep 0.5
+if ! kill -0 "$backends" 2>/dev/null; then
+  echo "quickstart: the demo backends did not start (is something else on 127.0.0.1:3001 / :3002?)" >&2
+  exit 1
+fi
 echo "demo backends on 127.0.0.1:3001 and :3002; gateway on http://localhost:8080/ (admin: http://127.0.0.1:9901/status)"
 ./target/release/gateway -c conf/gateway.yaml

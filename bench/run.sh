@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# Gateway benchmark: the gateway vs nginx vs HAProxy vs direct, in one run.
+#
+#   bench/run.sh                      # RUNS=3 DURATION=8 by default
+#   RUNS=1 DURATION=3 bench/run.sh    # quick smoke run
+#
+# Env: RUNS (3), DURATION seconds per load run (8), HTTP_CONNS (64), WS_CONNS (200),
+#      IDLE_CONNS (5000), HOLD seconds the idle WebSockets are held (5), SIO_CLIENTS (20),
+#      SIO_EMITS (20), BENCH_WORK (/tmp/gwbench), SKIP_BUILD=1, NO_NETNS=1.
+#
+# Installs what is missing (nginx, haproxy, wrk, procps, util-linux, iproute2, curl, node
+# packages), builds the release binaries, then runs every measurement inside a private network
+# namespace (`unshare -n`, loopback only) so that the per-namespace TCP counters
+# (/proc/net/snmp PassiveOpens) count only this benchmark's connections. The proxy under test
+# runs on CPU 0, the load generators and backends on CPU 1. Targets are interleaved run by
+# run; the table shows medians. See bench/README.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-8}
+HTTP_CONNS=${HTTP_CONNS:-64}
+WS_CONNS=${WS_CONNS:-200}
+IDLE_CONNS=${IDLE_CONNS:-5000}
+HOLD=${HOLD:-5}
+SIO_CLIENTS=${SIO_CLIENTS:-20}
+SIO_EMITS=${SIO_EMITS:-20}
+WORK=${BENCH_WORK:-/tmp/gwbench}
+export RUNS DURATION HTTP_CONNS WS_CONNS IDLE_CONNS HOLD SIO_CLIENTS SIO_EMITS WORK
+
+REL="$ROOT/target/release"
+GW="$REL/gateway"
+DEMO="$REL/examples/demo_backend"
+WSB="$REL/examples/wsbench"
+SIO_DIR="$ROOT/tests/socketio"
+
+log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+
+# ------------------------------------------------------------------------------------------
+# Outer phase: dependencies, build, then the measurements in a private network namespace.
+if [[ "${1:-}" != "--inner" ]]; then
+  START_TS=$(date +%s)
+  export BENCH_START_TS=$START_TS
+  export BENCH_CMD="RUNS=$RUNS DURATION=$DURATION HTTP_CONNS=$HTTP_CONNS WS_CONNS=$WS_CONNS IDLE_CONNS=$IDLE_CONNS HOLD=$HOLD SIO_CLIENTS=$SIO_CLIENTS bench/run.sh"
+  need=()
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v ps >/dev/null 2>&1 || need+=(procps)
+  command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+  command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+  command -v ss >/dev/null 2>&1 || need+=(iproute2)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing: ${need[*]}"
+    timeout 300 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  export PATH="$PATH:/usr/sbin:/sbin"
+  if [ ! -d "$SIO_DIR/node_modules/socket.io-client" ]; then
+    log "npm ci in tests/socketio"
+    (cd "$SIO_DIR" && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    cd "$ROOT"
+    ok=0
+    for attempt in 1 2 3 4; do
+      log "cargo build --release --bin gateway --examples (attempt $attempt)"
+      if timeout 1500 cargo build --release --bin gateway --examples 2>"$ROOT/target/bench-build.log"; then ok=1; break; fi
+      tail -5 "$ROOT/target/bench-build.log" >&2
+      log "build failed (src/ may be mid-edit); retrying in 30 s"
+      sleep 30
+    done
+    [ $ok = 1 ] || { log "build failed"; exit 1; }
+  fi
+  for b in "$GW" "$DEMO" "$WSB" "$REL/examples/sid_table_bench" "$REL/examples/route_bench"; do
+    [ -x "$b" ] || { log "missing $b"; exit 1; }
+  done
+  if [ "${NO_NETNS:-0}" != 1 ] && unshare -n true 2>/dev/null; then
+    inner_cmd=(unshare -n bash "$0" --inner)
+  else
+    log "WARNING: no private network namespace (unshare -n failed or NO_NETNS=1): the TCP counters"
+    log "         used for 'backend connections per 1000 requests' include other traffic on this host"
+    inner_cmd=(bash "$0" --inner)
+  fi
+  # Hard bound on the whole measurement phase.
+  limit=$(( 120 + RUNS * (4 * (DURATION + 25) * 3 + 3 * (HOLD + 90) + 2 * (DURATION * 2 + 40)) ))
+  timeout -k 15 "$limit" "${inner_cmd[@]}" &
+  inner=$!
+  trap 'kill -TERM $inner 2>/dev/null || true; wait $inner 2>/dev/null || true' EXIT INT TERM
+  rc=0
+  wait $inner || rc=$?
+  [ $rc = 124 ] && log "time limit ($limit s) reached: stopped"
+  trap - EXIT INT TERM
+  log "total time $(( $(date +%s) - START_TS )) s"
+  exit $rc
+fi
+
+# ------------------------------------------------------------------------------------------
+# Inner phase (in the private network namespace when available).
+export PATH="$PATH:/usr/sbin:/sbin"
+ip link set lo up 2>/dev/null || true
+# Per-namespace knobs (only when in our own namespace): room for connection churn.
+if [ "${NO_NETNS:-0}" != 1 ]; then
+  sysctl -qw net.ipv4.ip_local_port_range="10000 65000" 2>/dev/null || true
+  sysctl -qw net.core.somaxconn=4096 2>/dev/null || true
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+rm -rf "$WORK"
+mkdir -p "$WORK/nginx" "$WORK/logs"
+RES="$WORK/results.tsv"
+: >"$RES"
+CLK_TCK=$(getconf CLK_TCK)
+
+# Ports (private namespace, so fixed ones are fine).
+P_BACKEND=9001
+P_SIO1=9101
+P_SIO2=9102
+P_GW=8001
+P_NGINX=8002
+P_HAPROXY=8003
+P_GWSIO=8011
+
+PIDS=()        # everything started here
+cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for _ in $(seq 30); do
+    alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+}
+trap cleanup EXIT
+trap 'exit 143' INT TERM
+
+# Runs a command bounded in time, in the background so that signals are handled promptly.
+bounded() {
+  local secs=$1; shift
+  timeout -k 5 "$secs" "$@" &
+  local p=$!
+  wait $p
+}
+
+wait_http() { # URL [tries]
+  local url=$1 tries=${2:-100}
+  for _ in $(seq "$tries"); do
+    curl -s -o /dev/null --max-time 1 "$url" && return 0
+    sleep 0.1
+  done
+  log "not ready: $url"
+  return 1
+}
+
+# ---- configs -----------------------------------------------------------------------------
+cat >"$WORK/gw.yaml" <<EOF
+server: { threads: 1, pid_file: $WORK/gw.pid, upgrade_sock: $WORK/gw.sock }
+listeners: [ { address: "127.0.0.1:$P_GW" } ]
+admin: { enabled: false }
+upstreams:
+  app: { servers: [ { address: "127.0.0.1:$P_BACKEND" } ] }
+routes: [ { upstream: app } ]
+EOF
+cat >"$WORK/gwsio.yaml" <<EOF
+server: { threads: 1, pid_file: $WORK/gwsio.pid, upgrade_sock: $WORK/gwsio.sock }
+listeners: [ { address: "127.0.0.1:$P_GWSIO" } ]
+admin: { enabled: false }
+upstreams:
+  sio:
+    servers: [ { address: "127.0.0.1:$P_SIO1" }, { address: "127.0.0.1:$P_SIO2" } ]
+    affinity: { socketio: true }
+routes: [ { upstream: sio } ]
+EOF
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# nginx as a competent operator would run it in front of one HTTP + WebSocket app.
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events {
+  worker_connections 12000;
+}
+http {
+  access_log off;
+  tcp_nodelay on;
+  keepalive_timeout 65s;
+  keepalive_requests 100000;
+  client_body_temp_path $WORK/nginx/client_body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  # WebSocket: pass Upgrade through; plain HTTP: empty Connection so upstream keep-alive works.
+  map \$http_upgrade \$connection_upgrade {
+    default upgrade;
+    ''      '';
+  }
+  upstream app {
+    server 127.0.0.1:$P_BACKEND;
+    keepalive 64;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX backlog=4096;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+    }
+  }
+}
+EOF
+cat >"$WORK/haproxy.cfg" <<EOF
+# HAProxy as a competent operator would run it in front of one HTTP + WebSocket app.
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 65s
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:$P_HAPROXY
+  http-request set-header X-Real-IP %[src]
+  http-request set-header X-Forwarded-Proto http
+  default_backend app
+backend app
+  server s1 127.0.0.1:$P_BACKEND
+EOF
+
+# ---- processes ---------------------------------------------------------------------------
+declare -A TPID   # target -> main pid
+start_target() { # target
+  case $1 in
+    gw)
+      RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gw.yaml" >>"$WORK/logs/gw.log" 2>&1 &
+      TPID[gw]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_GW/health" ;;
+    nginx)
+      rm -f "$WORK/nginx/nginx.pid"
+      taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" >>"$WORK/logs/nginx.log" 2>&1 &
+      TPID[nginx]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_NGINX/health" ;;
+    haproxy)
+      taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" >>"$WORK/logs/haproxy.log" 2>&1 &
+      TPID[haproxy]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_HAPROXY/health" ;;
+    gwsio)
+      RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gwsio.yaml" >>"$WORK/logs/gwsio.log" 2>&1 &
+      TPID[gwsio]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_GWSIO/health" ;;
+    direct) : ;;
+  esac
+}
+stop_target() { # target
+  local p=${TPID[$1]:-}
+  [ -n "$p" ] || return 0
+  kill -TERM "$p" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  TPID[$1]=""
+}
+restart_target() { stop_target "$1"; start_target "$1"; }
+
+# Pids whose CPU and memory count for a target (nginx: master + workers).
+target_pids() {
+  local p=${TPID[$1]:-}
+  [ -n "$p" ] || return 0
+  echo "$p"
+  if [ "$1" = nginx ]; then
+    cat /proc/"$p"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+$' || true
+  fi
+}
+cpu_ticks() { # pids... -> utime+stime (all threads), in clock ticks
+  local sum=0 p v
+  for p in "$@"; do
+    v=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}') || v=0
+    sum=$((sum + ${v:-0}))
+  done
+  echo $sum
+}
+rss_kib() { # pids... -> summed VmRSS in KiB
+  local sum=0 p v
+  for p in "$@"; do
+    v=$(awk '/^VmRSS:/ {print $2}' /proc/"$p"/status 2>/dev/null) || v=0
+    sum=$((sum + ${v:-0}))
+  done
+  echo $sum
+}
+passive_opens() { awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1 } else print $c }' /proc/net/snmp; }
+port_of() { case $1 in gw) echo $P_GW ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; esac; }
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RES"; } # scenario metric target run value
+calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
+to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } else print v + 0 }'; }
+jget() { python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], 0))' "$1" "$2"; }
+
+log "starting backends (CPU 1) and proxies (CPU 0)"
+taskset -c 1 "$DEMO" --listen 127.0.0.1:$P_BACKEND --name b1 >"$WORK/logs/demo_backend.log" 2>&1 &
+PIDS+=($!)
+(cd "$SIO_DIR" && exec taskset -c 1 node backend.js --port $P_SIO1 --name n1) >"$WORK/logs/sio1.log" 2>&1 &
+PIDS+=($!)
+(cd "$SIO_DIR" && exec taskset -c 1 node backend.js --port $P_SIO2 --name n2) >"$WORK/logs/sio2.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$P_BACKEND/health"
+wait_http "http://127.0.0.1:$P_SIO1/health"
+wait_http "http://127.0.0.1:$P_SIO2/health"
+for t in gw nginx haproxy gwsio; do start_target $t; done
+TARGETS=(gw nginx haproxy direct)
+
+log "warm-up"
+for t in "${TARGETS[@]}"; do
+  bounded 30 taskset -c 1 wrk -t1 -c"$HTTP_CONNS" -d1s "http://127.0.0.1:$(port_of $t)/health" >/dev/null
+done
+
+# ---- scenarios ---------------------------------------------------------------------------
+wrk_parse() { # file -> "rps reqs p50_us p99_us errors"
+  local f=$1 rps reqs p50 p99 err non2xx
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+  reqs=$(awk '/requests in/ {print $1}' "$f")
+  p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$f")")
+  p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$f")")
+  err=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$f")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$f")
+  echo "${rps:-0} ${reqs:-0} ${p50:-0} ${p99:-0} $(( ${err:-0} + ${non2xx:-0} ))"
+}
+
+scn_http() { # target run mode(ka|close)
+  local t=$1 run=$2 mode=$3 port pids c0 c1 po0 po1 f hdr=()
+  port=$(port_of "$t"); pids=$(target_pids "$t")
+  [ "$mode" = close ] && hdr=(-H "Connection: close")
+  f="$WORK/logs/wrk-$mode-$t-$run.txt"
+  po0=$(passive_opens); c0=$(cpu_ticks $pids)
+  bounded $((DURATION + 30)) taskset -c 1 wrk -t1 -c"$HTTP_CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/health" >"$f" 2>&1 || true
+  c1=$(cpu_ticks $pids); po1=$(passive_opens)
+  read -r rps reqs p50 p99 errs < <(wrk_parse "$f")
+  local s=http_$mode
+  record $s rps "$t" "$run" "$rps"
+  record $s p50_us "$t" "$run" "$p50"
+  record $s p99_us "$t" "$run" "$p99"
+  record $s errors "$t" "$run" "$errs"
+  if [ "$t" != direct ] && [ "${reqs:-0}" -gt 0 ]; then
+    record $s cpu_us "$t" "$run" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $reqs")"
+  fi
+  if [ "$mode" = close ] && [ "${reqs:-0}" -gt 0 ]; then
+    # Passive opens in this namespace = client connections (one per request) + connections
+    # the backend accepted. Direct: the client connections are the backend connections.
+    local opens=$((po1 - po0)) b
+    if [ "$t" = direct ]; then b=$opens; else b=$((opens - reqs)); [ $b -lt 0 ] && b=0; fi
+    record $s backend_conns_per_1k "$t" "$run" "$(calc "$b * 1000 / $reqs")"
+  fi
+  log "  $s $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs cpu $((c1 - c0)) ticks"
+}
+
+scn_ws_echo() { # target run
+  local t=$1 run=$2 port pids c0 c1 out
+  port=$(port_of "$t"); pids=$(target_pids "$t")
+  c0=$(cpu_ticks $pids)
+  out=$(bounded $((DURATION + 60)) taskset -c 1 "$WSB" echo --addr "127.0.0.1:$port" --conns "$WS_CONNS" --duration "${DURATION}s" --size 32 2>>"$WORK/logs/wsbench.err" | tail -1) || true
+  c1=$(cpu_ticks $pids)
+  [ -n "$out" ] || out='{}'
+  local msgs; msgs=$(jget "$out" messages)
+  record ws_echo mps "$t" "$run" "$(jget "$out" msgs_per_s)"
+  record ws_echo p50_us "$t" "$run" "$(jget "$out" p50_us)"
+  record ws_echo p99_us "$t" "$run" "$(jget "$out" p99_us)"
+  record ws_echo errors "$t" "$run" "$(( $(jget "$out" errors) + WS_CONNS - $(jget "$out" connected) ))"
+  if [ "$t" != direct ] && [ "$msgs" -gt 0 ]; then
+    record ws_echo cpu_us "$t" "$run" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $msgs")"
+  fi
+  log "  ws_echo $t: $out cpu $((c1 - c0)) ticks"
+}
+
+scn_ws_idle() { # target run  (fresh proxy process: RSS before vs while IDLE_CONNS are held)
+  local t=$1 run=$2 port pids r0 r1 r2 f out
+  port=$(port_of "$t")
+  restart_target "$t"
+  # Warm: a few requests and WebSockets, so the baseline includes an initialised process.
+  for _ in 1 2 3; do curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$port/health" || true; done
+  bounded 20 taskset -c 1 "$WSB" echo --addr "127.0.0.1:$port" --conns 4 --duration 0.3s >/dev/null 2>&1 || true
+  sleep 0.5
+  pids=$(target_pids "$t")
+  r0=$(rss_kib $pids)
+  f="$WORK/logs/idle-$t-$run.txt"
+  taskset -c 1 timeout -k 5 $((HOLD + 180)) "$WSB" idle --addr "127.0.0.1:$port" --conns "$IDLE_CONNS" --hold "${HOLD}s" --concurrency 200 >"$f" 2>>"$WORK/logs/wsbench.err" &
+  local wp=$!
+  PIDS+=($wp)
+  local connected=0
+  for _ in $(seq 1200); do
+    if grep -q '^connected' "$f"; then connected=$(awk '/^connected/ {print $2}' "$f"); break; fi
+    kill -0 $wp 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep 1
+  r1=$(rss_kib $pids)
+  sleep $(( HOLD > 3 ? HOLD / 2 : 1 ))
+  r2=$(rss_kib $pids)
+  [ "$r2" -gt "$r1" ] && r1=$r2
+  wait $wp 2>/dev/null || true
+  out=$(tail -1 "$f"); [[ "$out" == "{"* ]] || out='{}'
+  local alive; alive=$(jget "$out" alive)
+  record ws_idle base_mib "$t" "$run" "$(calc "$r0 / 1024")"
+  record ws_idle held_mib "$t" "$run" "$(calc "$r1 / 1024")"
+  if [ "${connected:-0}" -gt 0 ]; then
+    record ws_idle kib_per_conn "$t" "$run" "$(calc "($r1 - $r0) / $connected")"
+  fi
+  record ws_idle errors "$t" "$run" "$(( IDLE_CONNS - alive ))"
+  log "  ws_idle $t: connected $connected, RSS ${r0} -> ${r1} KiB, $out"
+}
+
+scn_sio() { # target(gwsio|direct) run
+  local t=$1 run=$2 url pids c0 c1 out out1 col
+  if [ "$t" = gwsio ]; then url="http://127.0.0.1:$P_GWSIO"; col=gw; else url="http://127.0.0.1:$P_SIO1"; col=direct; fi
+  pids=$(target_pids "$t")
+  local stats="http://127.0.0.1:$P_SIO1/stats,http://127.0.0.1:$P_SIO2/stats"
+  c0=$(cpu_ticks $pids)
+  out=$(bounded $((DURATION + 60)) taskset -c 1 node "$ROOT/bench/sio_bench.js" --url "$url" --clients "$SIO_CLIENTS" \
+        --duration "$DURATION" --emits "$SIO_EMITS" --stats "$stats" 2>>"$WORK/logs/sio_bench.err" | tail -1) || true
+  c1=$(cpu_ticks $pids)
+  [[ "$out" == "{"* ]] || out='{}'
+  local lat_d=$(( DURATION / 2 > 2 ? DURATION / 2 : 2 ))
+  out1=$(bounded $((lat_d + 60)) taskset -c 1 node "$ROOT/bench/sio_bench.js" --url "$url" --clients 1 \
+        --duration "$lat_d" --emits "$SIO_EMITS" 2>>"$WORK/logs/sio_bench.err" | tail -1) || true
+  [[ "$out1" == "{"* ]] || out1='{}'
+  record sio rt_per_s "$col" "$run" "$(jget "$out" rt_per_s)"
+  record sio p50_us "$col" "$run" "$(jget "$out" p50_us)"
+  record sio p99_us "$col" "$run" "$(jget "$out" p99_us)"
+  record sio p50_1c_us "$col" "$run" "$(jget "$out1" p50_us)"
+  record sio req_per_rt "$col" "$run" "$(calc "$(jget "$out" http_requests) / ($(jget "$out" round_trips) + 0.000001)")"
+  record sio errors "$col" "$run" "$(( $(jget "$out" errors) + $(jget "$out1" errors) ))"
+  local reqs; reqs=$(jget "$out" http_requests)
+  if [ "$t" = gwsio ] && [ "$reqs" -gt 0 ]; then
+    record sio cpu_us "$col" "$run" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $reqs")"
+  fi
+  log "  sio $t: $out | 1 client: $out1 | cpu $((c1 - c0)) ticks"
+}
+
+# ---- the runs ----------------------------------------------------------------------------
+for run in $(seq "$RUNS"); do
+  log "run $run/$RUNS: HTTP keep-alive"
+  for t in "${TARGETS[@]}"; do scn_http "$t" "$run" ka; done
+  log "run $run/$RUNS: HTTP new connection per request"
+  for t in "${TARGETS[@]}"; do scn_http "$t" "$run" close; done
+  log "run $run/$RUNS: WebSocket echo"
+  for t in "${TARGETS[@]}"; do scn_ws_echo "$t" "$run"; done
+  log "run $run/$RUNS: idle WebSockets"
+  for t in gw nginx haproxy; do scn_ws_idle "$t" "$run"; done
+  log "run $run/$RUNS: Socket.IO polling"
+  for t in gwsio direct; do scn_sio "$t" "$run"; done
+done
+
+log "sid table and route lookup micro-benchmarks (CPU 0)"
+sid_out=$(bounded 120 taskset -c 0 "$REL/examples/sid_table_bench" | tee "$WORK/logs/sid_table_bench.txt" | tail -1)
+route_out=$(bounded 300 taskset -c 0 "$REL/examples/route_bench" | tee "$WORK/logs/route_bench.txt" | tail -1)
+echo "$sid_out" >"$WORK/sid.json"
+echo "$route_out" >"$WORK/route.json"
+
+# ---- report ------------------------------------------------------------------------------
+NGINX_V=$(nginx -v 2>&1 | head -1)
+HAPROXY_V=$(haproxy -v 2>&1 | head -1)
+GW_V=$("$GW" --version 2>&1 | head -1)
+CPU_MODEL=$(lscpu 2>/dev/null | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')
+ELAPSED=$(( $(date +%s) - ${BENCH_START_TS:-$(date +%s)} ))
+python3 "$ROOT/bench/report.py" --results "$RES" --sid "$WORK/sid.json" --route "$WORK/route.json" \
+  --out "$ROOT/bench/results.md" --date "$(date -u +'%Y-%m-%d %H:%M UTC')" --nproc "$(nproc)" \
+  --cpu "$CPU_MODEL" --kernel "$(uname -r)" --nginx "$NGINX_V" --haproxy "$HAPROXY_V" --gateway "$GW_V" \
+  --cmd "${BENCH_CMD:-bench/run.sh}" --elapsed "$ELAPSED" --load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+  --sid-text "$WORK/logs/sid_table_bench.txt" --route-text "$WORK/logs/route_bench.txt"
+cp "$RES" "$ROOT/bench/results.tsv"
