@@ -54,6 +54,7 @@ if [[ "${1:-}" != "--inner" ]]; then
   command -v curl >/dev/null 2>&1 || need+=(curl)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+  command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing: ${need[*]}"
     timeout 300 apt-get update -qq
@@ -126,9 +127,12 @@ P_HAPROXY=8003
 P_GWSIO=8011
 
 PIDS=()        # everything started here
+GW_PIDS=" "    # the gateways among them: stopped with SIGINT (fast shutdown; SIGTERM is
+               # Pingora's graceful drain). Others get SIGTERM (background jobs ignore SIGINT).
+sig_of() { [[ "$GW_PIDS" == *" $1 "* ]] && echo INT || echo TERM; }
 cleanup() {
   set +e
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do kill -"$(sig_of "$p")" "$p" 2>/dev/null; done
   for _ in $(seq 30); do
     alive=0
     for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
@@ -256,7 +260,7 @@ start_target() { # target
   case $1 in
     gw)
       RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gw.yaml" >>"$WORK/logs/gw.log" 2>&1 &
-      TPID[gw]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_GW/health" ;;
+      TPID[gw]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_GW/health" ;;
     nginx)
       rm -f "$WORK/nginx/nginx.pid"
       taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" >>"$WORK/logs/nginx.log" 2>&1 &
@@ -266,14 +270,14 @@ start_target() { # target
       TPID[haproxy]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_HAPROXY/health" ;;
     gwsio)
       RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gwsio.yaml" >>"$WORK/logs/gwsio.log" 2>&1 &
-      TPID[gwsio]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_GWSIO/health" ;;
+      TPID[gwsio]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_GWSIO/health" ;;
     direct) : ;;
   esac
 }
 stop_target() { # target
   local p=${TPID[$1]:-}
   [ -n "$p" ] || return 0
-  kill -TERM "$p" 2>/dev/null || true
+  kill -"$(sig_of "$p")" "$p" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$p" 2>/dev/null || true
   wait "$p" 2>/dev/null || true
@@ -306,6 +310,18 @@ rss_kib() { # pids... -> summed VmRSS in KiB
   done
   echo $sum
 }
+# Connections the backend accepted: SYNs to its port, counted by an nftables rule in this
+# namespace; without nftables, PassiveOpens of the namespace (client + backend connections).
+BACKEND_SYN=0
+if [ "${NO_NETNS:-0}" != 1 ] && command -v nft >/dev/null 2>&1 \
+   && nft add table inet gwbench 2>/dev/null \
+   && nft add counter inet gwbench bsyn \
+   && nft add chain inet gwbench in '{ type filter hook input priority 0; policy accept; }' \
+   && nft add rule inet gwbench in tcp dport $P_BACKEND 'tcp flags & (syn|ack) == syn' counter name bsyn; then
+  BACKEND_SYN=1
+fi
+log "backend connection count: $([ $BACKEND_SYN = 1 ] && echo "nftables SYN counter on :$P_BACKEND" || echo "PassiveOpens - requests")"
+backend_syns() { nft list counter inet gwbench bsyn | awk '{ for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'; }
 passive_opens() { awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1 } else print $c }' /proc/net/snmp; }
 port_of() { case $1 in gw) echo $P_GW ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; esac; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RES"; } # scenario metric target run value
@@ -348,9 +364,11 @@ scn_http() { # target run mode(ka|close)
   port=$(port_of "$t"); pids=$(target_pids "$t")
   [ "$mode" = close ] && hdr=(-H "Connection: close")
   f="$WORK/logs/wrk-$mode-$t-$run.txt"
-  po0=$(passive_opens); c0=$(cpu_ticks $pids)
+  if [ $BACKEND_SYN = 1 ]; then po0=$(backend_syns); else po0=$(passive_opens); fi
+  c0=$(cpu_ticks $pids)
   bounded $((DURATION + 30)) taskset -c 1 wrk -t1 -c"$HTTP_CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/health" >"$f" 2>&1 || true
-  c1=$(cpu_ticks $pids); po1=$(passive_opens)
+  c1=$(cpu_ticks $pids)
+  if [ $BACKEND_SYN = 1 ]; then po1=$(backend_syns); else po1=$(passive_opens); fi
   read -r rps reqs p50 p99 errs < <(wrk_parse "$f")
   local s=http_$mode
   record $s rps "$t" "$run" "$rps"
@@ -361,10 +379,14 @@ scn_http() { # target run mode(ka|close)
     record $s cpu_us "$t" "$run" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $reqs")"
   fi
   if [ "$mode" = close ] && [ "${reqs:-0}" -gt 0 ]; then
-    # Passive opens in this namespace = client connections (one per request) + connections
-    # the backend accepted. Direct: the client connections are the backend connections.
     local opens=$((po1 - po0)) b
-    if [ "$t" = direct ]; then b=$opens; else b=$((opens - reqs)); [ $b -lt 0 ] && b=0; fi
+    if [ $BACKEND_SYN = 1 ] || [ "$t" = direct ]; then
+      b=$opens   # SYNs to the backend port (direct: the client connections are the backend's)
+    else
+      # PassiveOpens = client connections (one per request, +<=HTTP_CONNS in flight at the end)
+      # + connections the backend accepted.
+      b=$((opens - reqs)); [ $b -lt 0 ] && b=0
+    fi
     record $s backend_conns_per_1k "$t" "$run" "$(calc "$b * 1000 / $reqs")"
   fi
   log "  $s $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs cpu $((c1 - c0)) ticks"
