@@ -18,7 +18,8 @@ pub struct Ctx {
     pub attempts: usize,
     /// The request asks for a protocol upgrade (WebSocket).
     pub upgrade: bool,
-    /// The real client address (after trusted-proxy resolution).
+    /// The real client address (after trusted-proxy resolution), resolved only for pools
+    /// that hash on it.
     pub client_ip: Option<IpAddr>,
     /// When the request started.
     pub start: Instant,

@@ -205,14 +205,17 @@ impl ProxyHttp for Gateway {
                         return Ok(true);
                     }
                 }
-                if let Some(peer) = peer_ip(session) {
-                    ctx.client_ip = Some(self.rt.forwarded.client_ip(peer, session.req_header()));
+                // Only the client_ip hash key needs the resolved client address.
+                if p.balance == crate::config::Balance::ConsistentHash && p.hash_key == HashKey::ClientIp {
+                    if let Some(peer) = peer_ip(session) {
+                        ctx.client_ip = Some(self.rt.forwarded.client_ip(peer, session.req_header()));
+                    }
                 }
                 if session.is_upgrade_req() {
                     ctx.upgrade = true;
                     // Pingora reads the upgraded client stream with the downstream read timeout
                     // (60 s by default): give it the pool's idle timeout instead.
-                    session.set_read_timeout(Some(self.rt.pools[*pool].timeouts.idle.0));
+                    session.set_read_timeout(Some(p.timeouts.idle.0));
                 }
                 Ok(false)
             }
@@ -435,7 +438,7 @@ impl ProxyHttp for Gateway {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    fn fail_to_connect(&self, session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             let pool = &self.rt.pools[p];
             pool.report_failure(b);
@@ -450,7 +453,6 @@ impl ProxyHttp for Gateway {
             log::warn!("upstream {} backend {} connect failed ({}): {}", pool.name, peer, if more { "retrying" } else { "giving up" }, e);
             e.set_retry(more);
         }
-        let _ = session;
         e
     }
 
