@@ -384,11 +384,15 @@ pub struct TimeoutsConf {
     pub write: Dur,
     /// Upgraded connections with no traffic either way.
     pub idle: Dur,
+    /// How long an idle pooled connection to a backend may be reused; keep it below the
+    /// backends' own keep-alive timeout (Node.js and Apache: 5 s) or a request can meet a
+    /// connection the backend is closing.
+    pub keepalive: Dur,
 }
 
 impl Default for TimeoutsConf {
     fn default() -> Self {
-        TimeoutsConf { connect: Dur::secs(5), read: Dur::secs(60), write: Dur::secs(60), idle: Dur::secs(3600) }
+        TimeoutsConf { connect: Dur::secs(5), read: Dur::secs(60), write: Dur::secs(60), idle: Dur::secs(3600), keepalive: Dur::secs(4) }
     }
 }
 

@@ -301,6 +301,7 @@ fn base_peer(addr: SocketAddr, configured: &str, t: &TimeoutsConf, read: Dur, tl
     p.options.connection_timeout = Some(t.connect.0);
     p.options.read_timeout = Some(read.0);
     p.options.write_timeout = Some(t.write.0);
+    p.options.idle_timeout = Some(t.keepalive.0);
     p.options.tcp_keepalive = None;
     p
 }
@@ -360,7 +361,7 @@ impl Pool {
             HashKey::ClientIp
         });
         let t = &c.timeouts;
-        for (k, d) in [("connect", t.connect), ("read", t.read), ("write", t.write), ("idle", t.idle)] {
+        for (k, d) in [("connect", t.connect), ("read", t.read), ("write", t.write), ("idle", t.idle), ("keepalive", t.keepalive)] {
             check_duration(d, format!("{at}.timeouts.{k}"), issues);
         }
         if c.passive.max_fails > 0 {
