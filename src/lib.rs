@@ -67,10 +67,6 @@ pub fn run_with(registry: Registry) -> ExitCode {
 }
 
 /// Runs the gateway as the command line asks: check the config (`-t`) or serve forever.
-pub fn run_with_cli(cli: cli::Cli) -> ExitCode {
-    run_cli_with(cli, &Registry::new())
-}
-
 fn run_cli_with(cli: cli::Cli, registry: &Registry) -> ExitCode {
     let shown = cli.config.display().to_string();
     let rt = match load(&cli.config, registry) {

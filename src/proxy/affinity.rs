@@ -18,7 +18,7 @@ pub const TAG_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 /// The `sid` query parameter, if any.
 pub fn sid_param(query: Option<&str>) -> Option<&str> {
-    query?.split('&').find_map(|kv| kv.strip_prefix("sid=")).filter(|s| !s.is_empty())
+    super::query_value(query, "sid").filter(|s| !s.is_empty())
 }
 
 /// Whether the query asks for an engine.io polling handshake (`EIO=` and `transport=polling`, no sid).

@@ -136,12 +136,17 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Value of query parameter `name` (not percent-decoded).
-pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.uri.query()?.split('&').find_map(|kv| {
+/// Value of parameter `name` in a query string (not percent-decoded).
+pub fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then_some(v)
     })
+}
+
+/// Value of query parameter `name` of the request (not percent-decoded).
+pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    query_value(req.uri.query(), name)
 }
 
 impl Gateway {
