@@ -6,7 +6,7 @@ import json
 import statistics
 from collections import defaultdict
 
-TARGETS = ["gw", "nginx", "haproxy", "direct"]
+TARGETS = ["gw", "bare", "nginx", "haproxy", "direct"]
 
 # (scenario, metric, label, decimals)
 ROWS = [
@@ -84,46 +84,82 @@ def main():
         except ValueError:
             pass
 
-    lines = ["| scenario / metric | gateway | nginx | HAProxy | direct | gateway/nginx | gateway/direct |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| scenario / metric | gateway | bare Pingora | nginx | HAProxy | direct | gateway/nginx | gateway/bare | gateway/direct |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s, m, label, d in ROWS:
         if m in ("added_us", "added_1c_us"):
             base = "p50_us" if m == "added_us" else "p50_1c_us"
             g, di = med(s, base, "gw"), med(s, base, "direct")
             gv = None if g is None or di is None else g - di
-            row = [gv, None, None, None]
-            lines.append(f"| {label.format(**env)} | {fmt(gv, d)} | n/a | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {label.format(**env)} | {fmt(gv, d)} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
         row = [med(s, m, t) for t in TARGETS]
         lines.append(f"| {label.format(**env)} | " + " | ".join(fmt(v, d) for v in row)
-                     + f" | {ratio(row[0], row[1])} | {ratio(row[0], row[3])} |")
+                     + f" | {ratio(row[0], row[2])} | {ratio(row[0], row[1])} | {ratio(row[0], row[4])} |")
     errs = []
     for t in TARGETS:
         tot = sum(sum(v) for (s, m, tt), v in vals.items() if m == "errors" and tt == t)
         errs.append(tot)
     lines.append("| errors, all scenarios and runs (failed/non-2xx requests, WS errors, idle conns not alive) | "
-                 + " | ".join(f"{e:,.0f}" for e in errs) + " | | |")
+                 + " | ".join(f"{e:,.0f}" for e in errs) + " | | | |")
 
     # Micro-benchmarks (gateway only).
     try:
         sid = json.load(open(a.sid))
-        lines.append(f"| sid table, {sid['sessions']:,} sessions: heap_bytes() per session (B) | {sid['heap_bytes_per_session']:.1f} | | | | | |")
-        lines.append(f"| sid table: process RSS increase per session (B) | {sid['rss_bytes_per_session']:.1f} | | | | | |")
-        lines.append(f"| sid table: sessions kept of {sid['sessions']:,} (capacity {sid['sessions']:,}) | {sid['len']:,} | | | | | |")
-        lines.append(f"| sid table: get() ns/op (hit random order / hit insertion order / miss) | {sid['get_hit_ns']:.0f} / {sid.get('get_hit_seq_ns', 0):.0f} / {sid['get_miss_ns']:.0f} | | | | | |")
+        lines.append(f"| sid table, {sid['sessions']:,} sessions: heap_bytes() per session (B) | {sid['heap_bytes_per_session']:.1f} | | | | | | | |")
+        lines.append(f"| sid table: process RSS increase per session (B) | {sid['rss_bytes_per_session']:.1f} | | | | | | | |")
+        lines.append(f"| sid table: sessions kept of {sid['sessions']:,} (capacity {sid['sessions']:,}) | {sid['len']:,} | | | | | | | |")
+        lines.append(f"| sid table: get() ns/op (hit random order / hit insertion order / miss) | {sid['get_hit_ns']:.0f} / {sid.get('get_hit_seq_ns', 0):.0f} / {sid['get_miss_ns']:.0f} | | | | | | | |")
     except Exception as e:  # noqa: BLE001
-        lines.append(f"| sid table | error: {e} | | | | | |")
+        lines.append(f"| sid table | error: {e} | | | | | | | |")
     try:
         rt = json.load(open(a.route))
         for key, name in [("n10", "10 routes"), ("n10000", "10,000 routes (exact hosts + prefixes)"),
                           ("n10000_prefix_only", "10,000 routes (path prefixes only, extra)")]:
             r = rt[key]
             lines.append(f"| route find() ns, {name}: first / middle / last / miss (unknown host) / miss (wrong path) | "
-                         f"{r['first_ns']:.0f} / {r['middle_ns']:.0f} / {r['last_ns']:.0f} / {r['miss_host_ns']:.0f} / {r['miss_path_ns']:.0f} | | | | | |")
+                         f"{r['first_ns']:.0f} / {r['middle_ns']:.0f} / {r['last_ns']:.0f} / {r['miss_host_ns']:.0f} / {r['miss_path_ns']:.0f} | | | | | | | |")
     except Exception as e:  # noqa: BLE001
-        lines.append(f"| route lookup | error: {e} | | | | | |")
+        lines.append(f"| route lookup | error: {e} | | | | | | | |")
     table = "\n".join(lines)
     print(table)
+
+    # The issue's targets, checked on the medians of this run.
+    def chk(label, ok, detail):
+        state = "n/a" if ok is None else ("met" if ok else "NOT met")
+        return f"| {label} | {detail} | {state} |"
+
+    def cmp(a, op, b, k=1.0):
+        if a is None or b is None:
+            return None
+        return a <= k * b if op == "<=" else a >= k * b
+
+    g = lambda s, m: med(s, m, "gw")  # noqa: E731
+    n = lambda s, m: med(s, m, "nginx")  # noqa: E731
+    h = lambda s, m: med(s, m, "haproxy")  # noqa: E731
+    b = lambda s, m: med(s, m, "bare")  # noqa: E731
+    f1 = lambda v: fmt(v, 1)  # noqa: E731
+    tl = ["| target (issue 5) | this run (gateway vs reference) | |", "|---|---|---|"]
+    tl.append(chk("keep-alive CPU/request <= 0.8 x nginx", cmp(g("http_ka", "cpu_us"), "<=", n("http_ka", "cpu_us"), 0.8),
+                  f"{f1(g('http_ka', 'cpu_us'))} vs 0.8 x {f1(n('http_ka', 'cpu_us'))} µs"))
+    tl.append(chk("keep-alive requests/s >= nginx", cmp(g("http_ka", "rps"), ">=", n("http_ka", "rps")),
+                  f"{fmt(g('http_ka', 'rps'), 0)} vs {fmt(n('http_ka', 'rps'), 0)}"))
+    tl.append(chk("keep-alive p99 <= nginx", cmp(g("http_ka", "p99_us"), "<=", n("http_ka", "p99_us")),
+                  f"{fmt(g('http_ka', 'p99_us'), 0)} vs {fmt(n('http_ka', 'p99_us'), 0)} µs"))
+    tl.append(chk("WebSocket echo CPU/message <= nginx", cmp(g("ws_echo", "cpu_us"), "<=", n("ws_echo", "cpu_us")),
+                  f"{fmt(g('ws_echo', 'cpu_us'), 2)} vs {fmt(n('ws_echo', 'cpu_us'), 2)} µs"))
+    tl.append(chk("WebSocket echo messages/s >= nginx", cmp(g("ws_echo", "mps"), ">=", n("ws_echo", "mps")),
+                  f"{fmt(g('ws_echo', 'mps'), 0)} vs {fmt(n('ws_echo', 'mps'), 0)}"))
+    tl.append(chk("idle WebSocket RSS/connection <= HAProxy", cmp(g("ws_idle", "kib_per_conn"), "<=", h("ws_idle", "kib_per_conn")),
+                  f"{f1(g('ws_idle', 'kib_per_conn'))} vs {f1(h('ws_idle', 'kib_per_conn'))} KiB"))
+    tl.append(chk("new connection CPU/request <= nginx", cmp(g("http_close", "cpu_us"), "<=", n("http_close", "cpu_us")),
+                  f"{f1(g('http_close', 'cpu_us'))} vs {f1(n('http_close', 'cpu_us'))} µs"))
+    for s_, m_, what in [("http_ka", "cpu_us", "keep-alive CPU/request"), ("http_close", "cpu_us", "new connection CPU/request"),
+                         ("ws_echo", "cpu_us", "WebSocket CPU/message"), ("ws_idle", "kib_per_conn", "idle WebSocket RSS")]:
+        tl.append(chk(f"features on: {what} <= 1.1 x bare Pingora", cmp(g(s_, m_), "<=", b(s_, m_), 1.1),
+                      f"{fmt(g(s_, m_), 2)} vs 1.1 x {fmt(b(s_, m_), 2)}"))
+    targets = "\n".join(tl)
+    print(targets)
 
     # Per-run values, for judging noise.
     detail = ["| scenario.metric | target | " + " | ".join(f"run {i}" for i in sorted({r for d in runs.values() for r in d})) + " |"]
@@ -149,6 +185,10 @@ def main():
   for the method and caveats.
 
 {table}
+
+## Targets
+
+{targets}
 
 ## Per-run values
 

@@ -32,6 +32,7 @@ REL="$ROOT/target/release"
 GW="$REL/gateway"
 DEMO="$REL/examples/demo_backend"
 WSB="$REL/examples/wsbench"
+BARE="$REL/examples/bare_proxy"
 SIO_DIR="$ROOT/tests/socketio"
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
@@ -77,7 +78,7 @@ if [[ "${1:-}" != "--inner" ]]; then
     done
     [ $ok = 1 ] || { log "build failed"; exit 1; }
   fi
-  for b in "$GW" "$DEMO" "$WSB" "$REL/examples/sid_table_bench" "$REL/examples/route_bench"; do
+  for b in "$GW" "$BARE" "$DEMO" "$WSB" "$REL/examples/sid_table_bench" "$REL/examples/route_bench"; do
     [ -x "$b" ] || { log "missing $b"; exit 1; }
   done
   if [ "${NO_NETNS:-0}" != 1 ] && unshare -n true 2>/dev/null; then
@@ -88,7 +89,7 @@ if [[ "${1:-}" != "--inner" ]]; then
     inner_cmd=(bash "$0" --inner)
   fi
   # Hard bound on the whole measurement phase.
-  limit=$(( 120 + RUNS * (4 * (DURATION + 25) * 3 + 3 * (HOLD + 90) + 2 * (DURATION * 2 + 40)) ))
+  limit=$(( 120 + RUNS * (5 * (DURATION + 25) * 3 + 4 * (HOLD + 90) + 2 * (DURATION * 2 + 40)) ))
   timeout -k 15 "$limit" "${inner_cmd[@]}" &
   inner=$!
   trap 'kill -TERM $inner 2>/dev/null || true; wait $inner 2>/dev/null || true' EXIT INT TERM
@@ -124,6 +125,8 @@ P_SIO2=9102
 P_GW=8001
 P_NGINX=8002
 P_HAPROXY=8003
+P_BARE=8004
+P_GWADMIN=8091
 P_GWSIO=8011
 
 PIDS=()        # everything started here
@@ -164,13 +167,26 @@ wait_http() { # URL [tries]
 }
 
 # ---- configs -----------------------------------------------------------------------------
+# The gateway with its features on: a route table (the benchmark's requests match the last
+# route), forwarded headers (X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP: defaults), an
+# active HTTP health check, Socket.IO affinity on the pool, per-backend counters served on the
+# admin listener. Compared with "bare": Pingora's round-robin example on the same build.
 cat >"$WORK/gw.yaml" <<EOF
 server: { threads: 1, pid_file: $WORK/gw.pid, upgrade_sock: $WORK/gw.sock }
 listeners: [ { address: "127.0.0.1:$P_GW" } ]
-admin: { enabled: false }
+admin: { address: "127.0.0.1:$P_GWADMIN" }
 upstreams:
-  app: { servers: [ { address: "127.0.0.1:$P_BACKEND" } ] }
-routes: [ { upstream: app } ]
+  app:
+    servers: [ { address: "127.0.0.1:$P_BACKEND" } ]
+    health_check: { http: { path: /health }, interval: 1s }
+    affinity: { socketio: true }
+routes:
+  - { match: { host: api.example.com, path_prefix: /v1/ }, upstream: app, strip_prefix: true }
+  - { match: { host: "*.example.org" }, upstream: app }
+  - { match: { path: /robots.txt }, respond: { body: "User-agent: *\n" } }
+  - { match: { path_prefix: /old/ }, redirect: { to: /new/, keep_path: true } }
+  - { match: { path_prefix: /static/ }, upstream: app, response_headers: { set: { Cache-Control: "max-age=60" } } }
+  - { upstream: app }
 EOF
 cat >"$WORK/gwsio.yaml" <<EOF
 server: { threads: 1, pid_file: $WORK/gwsio.pid, upgrade_sock: $WORK/gwsio.sock }
@@ -265,6 +281,9 @@ start_target() { # target
       rm -f "$WORK/nginx/nginx.pid"
       taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" >>"$WORK/logs/nginx.log" 2>&1 &
       TPID[nginx]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_NGINX/health" ;;
+    bare)
+      taskset -c 0 "$BARE" --listen "127.0.0.1:$P_BARE" --upstream "127.0.0.1:$P_BACKEND" --threads 1 --work-stealing false >>"$WORK/logs/bare.log" 2>&1 &
+      TPID[bare]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_BARE/health" ;;
     haproxy)
       taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" >>"$WORK/logs/haproxy.log" 2>&1 &
       TPID[haproxy]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_HAPROXY/health" ;;
@@ -323,7 +342,7 @@ fi
 log "backend connection count: $([ $BACKEND_SYN = 1 ] && echo "nftables SYN counter on :$P_BACKEND" || echo "PassiveOpens - requests")"
 backend_syns() { nft list counter inet gwbench bsyn | awk '{ for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'; }
 passive_opens() { awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1 } else print $c }' /proc/net/snmp; }
-port_of() { case $1 in gw) echo $P_GW ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; esac; }
+port_of() { case $1 in gw) echo $P_GW ;; bare) echo $P_BARE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; esac; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RES"; } # scenario metric target run value
 calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
 to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } else print v + 0 }'; }
@@ -339,8 +358,8 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$P_BACKEND/health"
 wait_http "http://127.0.0.1:$P_SIO1/health"
 wait_http "http://127.0.0.1:$P_SIO2/health"
-for t in gw nginx haproxy gwsio; do start_target $t; done
-TARGETS=(gw nginx haproxy direct)
+for t in gw bare nginx haproxy gwsio; do start_target $t; done
+TARGETS=(gw bare nginx haproxy direct)
 
 log "warm-up"
 for t in "${TARGETS[@]}"; do
@@ -483,7 +502,7 @@ for run in $(seq "$RUNS"); do
   log "run $run/$RUNS: WebSocket echo"
   for t in "${TARGETS[@]}"; do scn_ws_echo "$t" "$run"; done
   log "run $run/$RUNS: idle WebSockets"
-  for t in gw nginx haproxy; do scn_ws_idle "$t" "$run"; done
+  for t in gw bare nginx haproxy; do scn_ws_idle "$t" "$run"; done
   log "run $run/$RUNS: Socket.IO polling"
   for t in gwsio direct; do scn_sio "$t" "$run"; done
 done

@@ -22,7 +22,11 @@ struct ApiKey {
 #[async_trait]
 impl Filter for ApiKey {
     async fn request(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
-        let key = session.req_header().headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let key = session
+            .req_header()
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok());
         if key.is_some_and(|k| self.keys.contains_key(k)) {
             return Ok(false);
         }
@@ -30,12 +34,27 @@ impl Filter for ApiKey {
         resp.insert_header("WWW-Authenticate", "ApiKey")?;
         resp.insert_header("Content-Length", "17")?;
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(bytes::Bytes::from_static(b"invalid API key\r\n")), true).await?;
+        session
+            .write_response_body(
+                Some(bytes::Bytes::from_static(b"invalid API key\r\n")),
+                true,
+            )
+            .await?;
         Ok(true)
     }
 
-    async fn upstream_request(&self, session: &mut Session, req: &mut RequestHeader, _ctx: &mut Ctx) -> Result<()> {
-        let owner = session.req_header().headers.get("x-api-key").and_then(|v| v.to_str().ok()).and_then(|k| self.keys.get(k));
+    async fn upstream_request(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        let owner = session
+            .req_header()
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|k| self.keys.get(k));
         if let Some(owner) = owner {
             req.insert_header("X-Api-User", owner.as_str())?;
         }

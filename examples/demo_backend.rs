@@ -168,11 +168,18 @@ impl Backend {
 async fn bind_reuse(addr: SocketAddr) -> io::Result<TcpListener> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
-        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         sock.set_reuseaddr(true)?;
         match sock.bind(addr).and_then(|_| sock.listen(1024)) {
             Ok(l) => return Ok(l),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => return Err(e),
@@ -206,7 +213,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let mut open = shared.open.lock().unwrap();
         let sh = shared.clone();
         let task = tokio::spawn(async move {
-            let _guard = ConnGuard { id, shared: sh.clone() };
+            let _guard = ConnGuard {
+                id,
+                shared: sh.clone(),
+            };
             let _ = serve_conn(stream, &sh).await;
         });
         open.insert(id, (dup, task.abort_handle()));
@@ -300,7 +310,12 @@ fn parse_head(head: &[u8]) -> Option<Request> {
         let (k, v) = line.split_once(':')?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    Some(Request { method, target, http10, headers })
+    Some(Request {
+        method,
+        target,
+        http10,
+        headers,
+    })
 }
 
 async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
@@ -318,7 +333,11 @@ async fn read_more_or_eof<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) -
 }
 
 /// Reads and discards a Content-Length body; returns its length.
-async fn skip_body_len<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut, len: u64) -> io::Result<u64> {
+async fn skip_body_len<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    len: u64,
+) -> io::Result<u64> {
     let mut left = len;
     loop {
         let take = (buf.len() as u64).min(left) as usize;
@@ -341,13 +360,22 @@ async fn skip_body_chunked<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut) 
                 break p;
             }
             if buf.len() > 4096 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk size line too long"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "chunk size line too long",
+                ));
             }
             read_more_or_eof(s, buf).await?;
         };
         let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
         buf.advance(line_end + 1);
-        let size_str = line.trim().split(';').next().unwrap_or("").trim().to_string();
+        let size_str = line
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         let size = u64::from_str_radix(&size_str, 16)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
         if size == 0 {
@@ -461,7 +489,10 @@ fn echo_json(name: &str, req: &Request, body_len: u64) -> Vec<u8> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn html_page(name: &str) -> Vec<u8> {
@@ -508,7 +539,16 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             scanned = buf.len();
             if buf.len() > MAX_HEAD {
                 out.clear();
-                write_response(&mut out, name, 431, "text/plain", b"request head too large\n", false, false, false);
+                write_response(
+                    &mut out,
+                    name,
+                    431,
+                    "text/plain",
+                    b"request head too large\n",
+                    false,
+                    false,
+                    false,
+                );
                 stream.write_all(&out).await?;
                 return Ok(());
             }
@@ -520,7 +560,16 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             Some(r) => r,
             None => {
                 out.clear();
-                write_response(&mut out, name, 400, "text/plain", b"bad request\n", false, false, false);
+                write_response(
+                    &mut out,
+                    name,
+                    400,
+                    "text/plain",
+                    b"bad request\n",
+                    false,
+                    false,
+                    false,
+                );
                 stream.write_all(&out).await?;
                 return Ok(());
             }
@@ -541,7 +590,16 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 Some(k) => k.to_string(),
                 None => {
                     out.clear();
-                    write_response(&mut out, name, 400, "text/plain", b"missing Sec-WebSocket-Key\n", false, req.http10, false);
+                    write_response(
+                        &mut out,
+                        name,
+                        400,
+                        "text/plain",
+                        b"missing Sec-WebSocket-Key\n",
+                        false,
+                        req.http10,
+                        false,
+                    );
                     stream.write_all(&out).await?;
                     return Ok(());
                 }
@@ -561,7 +619,10 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             out.extend_from_slice(b"\r\n");
             stream.write_all(&out).await?;
             let leftover = buf.split().freeze();
-            let io = Prefixed { prefix: leftover, inner: stream };
+            let io = Prefixed {
+                prefix: leftover,
+                inner: stream,
+            };
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
             ws_echo(ws, name).await;
             return Ok(());
@@ -569,7 +630,9 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
 
         // ---- body ----
         let chunked = req.header_has_token("transfer-encoding", "chunked");
-        let content_length: Option<u64> = req.header("content-length").and_then(|v| v.trim().parse().ok());
+        let content_length: Option<u64> = req
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok());
         let has_body = chunked || content_length.map_or(false, |n| n > 0);
         if has_body && req.header_has_token("expect", "100-continue") {
             stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -592,24 +655,76 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         // ---- routes ----
         out.clear();
         if is_health {
-            write_response(&mut out, name, 200, "text/plain", b"ok", keep_alive, req.http10, head_only);
-        } else if let Some(ms) = path.strip_prefix("/sleep/").and_then(|s| s.parse::<u64>().ok()) {
+            write_response(
+                &mut out,
+                name,
+                200,
+                "text/plain",
+                b"ok",
+                keep_alive,
+                req.http10,
+                head_only,
+            );
+        } else if let Some(ms) = path
+            .strip_prefix("/sleep/")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             let body = echo_json(name, &req, body_len);
-            write_response(&mut out, name, 200, "application/json", &body, keep_alive, req.http10, head_only);
+            write_response(
+                &mut out,
+                name,
+                200,
+                "application/json",
+                &body,
+                keep_alive,
+                req.http10,
+                head_only,
+            );
         } else if let Some(code) = path
             .strip_prefix("/status/")
             .and_then(|s| s.parse::<u16>().ok())
             .filter(|c| (200..600).contains(c))
         {
             let body = echo_json(name, &req, body_len);
-            write_response(&mut out, name, code, "application/json", &body, keep_alive, req.http10, head_only);
-        } else if path == "/" && req.header("accept").map_or(false, |a| a.contains("text/html")) {
+            write_response(
+                &mut out,
+                name,
+                code,
+                "application/json",
+                &body,
+                keep_alive,
+                req.http10,
+                head_only,
+            );
+        } else if path == "/"
+            && req
+                .header("accept")
+                .map_or(false, |a| a.contains("text/html"))
+        {
             let body = html_page(name);
-            write_response(&mut out, name, 200, "text/html; charset=utf-8", &body, keep_alive, req.http10, head_only);
+            write_response(
+                &mut out,
+                name,
+                200,
+                "text/html; charset=utf-8",
+                &body,
+                keep_alive,
+                req.http10,
+                head_only,
+            );
         } else {
             let body = echo_json(name, &req, body_len);
-            write_response(&mut out, name, 200, "application/json", &body, keep_alive, req.http10, head_only);
+            write_response(
+                &mut out,
+                name,
+                200,
+                "application/json",
+                &body,
+                keep_alive,
+                req.http10,
+                head_only,
+            );
         }
         stream.write_all(&out).await?;
         if !keep_alive {
@@ -649,7 +764,11 @@ pub struct Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
@@ -662,7 +781,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -702,7 +825,10 @@ pub fn parse_args(args: &[String]) -> Result<Vec<(SocketAddr, String)>, String> 
             _ => (a.as_str(), None),
         };
         let mut value = |flag: &str| {
-            inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{flag} needs a value"))
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value"))
         };
         match flag {
             "--listen" | "-l" => {
@@ -724,7 +850,10 @@ pub fn parse_args(args: &[String]) -> Result<Vec<(SocketAddr, String)>, String> 
         .into_iter()
         .enumerate()
         .map(|(i, a)| {
-            let name = names.get(i).cloned().unwrap_or_else(|| format!("node-{}", (b'a' + (i % 26) as u8) as char));
+            let name = names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("node-{}", (b'a' + (i % 26) as u8) as char));
             (a, name)
         })
         .collect())

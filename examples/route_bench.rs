@@ -16,12 +16,15 @@ use std::hint::black_box;
 use std::time::Instant;
 
 fn table(n: usize, with_host: bool) -> Router {
-    let mut y = String::from("upstreams:\n  app: { servers: [ { address: \"127.0.0.1:1\" } ] }\nroutes:\n");
+    let mut y =
+        String::from("upstreams:\n  app: { servers: [ { address: \"127.0.0.1:1\" } ] }\nroutes:\n");
     for i in 0..n {
         if with_host {
             y.push_str(&format!("  - {{ match: {{ host: h{i}.example.com, path_prefix: /p{i}/ }}, upstream: app }}\n"));
         } else {
-            y.push_str(&format!("  - {{ match: {{ path_prefix: /p{i}/ }}, upstream: app }}\n"));
+            y.push_str(&format!(
+                "  - {{ match: {{ path_prefix: /p{i}/ }}, upstream: app }}\n"
+            ));
         }
     }
     y.push_str("  - { upstream: app }\n");
@@ -36,7 +39,11 @@ fn table(n: usize, with_host: bool) -> Router {
 
 /// ns per find(host, path); checks the matched index.
 fn time(r: &Router, host: &str, path: &str, want: usize) -> f64 {
-    assert_eq!(r.find(host, path).map(|(i, _)| i), Some(want), "{host}{path}");
+    assert_eq!(
+        r.find(host, path).map(|(i, _)| i),
+        Some(want),
+        "{host}{path}"
+    );
     // Calibrate to ~50 ms.
     let mut iters = 1000u64;
     loop {
@@ -63,24 +70,45 @@ fn time(r: &Router, host: &str, path: &str, want: usize) -> f64 {
 
 fn main() {
     let mut json = serde_json::Map::new();
-    println!("{:<28} {:>10} {:>10} {:>10} {:>14} {:>16}", "table", "first", "middle", "last", "miss:new host", "miss:wrong path");
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>14} {:>16}",
+        "table", "first", "middle", "last", "miss:new host", "miss:wrong path"
+    );
     for (n, with_host) in [(10usize, true), (10_000, true), (10_000, false)] {
         let r = table(n, with_host);
         let mid = n / 2;
         let last = n - 1;
         let (first_h, mid_h, last_h, miss_h) = if with_host {
-            ("h0.example.com".to_string(), format!("h{mid}.example.com"), format!("h{last}.example.com"), "nope.example.com")
+            (
+                "h0.example.com".to_string(),
+                format!("h{mid}.example.com"),
+                format!("h{last}.example.com"),
+                "nope.example.com",
+            )
         } else {
-            ("app.example.com".to_string(), "app.example.com".to_string(), "app.example.com".to_string(), "nope.example.com")
+            (
+                "app.example.com".to_string(),
+                "app.example.com".to_string(),
+                "app.example.com".to_string(),
+                "nope.example.com",
+            )
         };
         let first = time(&r, &first_h, "/p0/x", 0);
         let middle = time(&r, &mid_h, &format!("/p{mid}/x"), mid);
         let lastt = time(&r, &last_h, &format!("/p{last}/x"), last);
         let miss_host = time(&r, miss_h, "/p0x", n);
         let miss_path = time(&r, &mid_h, "/nope/x", n);
-        let name = if with_host { format!("{n} routes (host+prefix)") } else { format!("{n} routes (prefix only)") };
+        let name = if with_host {
+            format!("{n} routes (host+prefix)")
+        } else {
+            format!("{n} routes (prefix only)")
+        };
         println!("{name:<28} {first:>8.1}ns {middle:>8.1}ns {lastt:>8.1}ns {miss_host:>12.1}ns {miss_path:>14.1}ns");
-        let key = if with_host { format!("n{n}") } else { format!("n{n}_prefix_only") };
+        let key = if with_host {
+            format!("n{n}")
+        } else {
+            format!("n{n}_prefix_only")
+        };
         json.insert(
             key,
             serde_json::json!({"first_ns": first, "middle_ns": middle, "last_ns": lastt, "miss_host_ns": miss_host, "miss_path_ns": miss_path}),

@@ -15,7 +15,11 @@ use std::time::Instant;
 fn vm_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -112,12 +116,24 @@ fn main() {
     }
     let miss_ns = t.elapsed().as_nanos() as f64 / n as f64;
 
-    println!("sessions inserted        {n} (table len {len}, {} evicted by the capacity bound)", n - len);
+    println!(
+        "sessions inserted        {n} (table len {len}, {} evicted by the capacity bound)",
+        n - len
+    );
     println!("sid example              {}", sids[0]);
-    println!("heap_bytes()             {heap} ({:.1} B/session)", heap as f64 / len.max(1) as f64);
-    println!("RSS delta                {rss_delta} ({:.1} B/session)", rss_delta as f64 / len.max(1) as f64);
+    println!(
+        "heap_bytes()             {heap} ({:.1} B/session)",
+        heap as f64 / len.max(1) as f64
+    );
+    println!(
+        "RSS delta                {rss_delta} ({:.1} B/session)",
+        rss_delta as f64 / len.max(1) as f64
+    );
     println!("insert                   {insert_ns:.0} ns/op");
-    println!("get (hit, random order)  {hit_ns:.0} ns/op ({found} found of {})", passes * n);
+    println!(
+        "get (hit, random order)  {hit_ns:.0} ns/op ({found} found of {})",
+        passes * n
+    );
     println!("get (hit, insert order)  {hit_seq_ns:.0} ns/op");
     println!("get (miss)               {miss_ns:.0} ns/op ({miss_found} false hits)");
     println!(

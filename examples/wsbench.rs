@@ -82,7 +82,9 @@ fn parse_args() -> Result<Args, String> {
             "--duration" => a.duration = parse_dur(&val()?)?,
             "--hold" => a.hold = parse_dur(&val()?)?,
             "--size" => a.size = val()?.parse().map_err(|e| format!("--size: {e}"))?,
-            "--concurrency" => a.concurrency = val()?.parse().map_err(|e| format!("--concurrency: {e}"))?,
+            "--concurrency" => {
+                a.concurrency = val()?.parse().map_err(|e| format!("--concurrency: {e}"))?
+            }
             "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -99,7 +101,10 @@ fn parse_args() -> Result<Args, String> {
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit.
 fn raise_nofile() {
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
@@ -109,10 +114,14 @@ fn raise_nofile() {
 
 async fn connect(addr: &str, path: &str) -> Result<Ws, String> {
     let fut = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let url = format!("ws://{addr}{path}");
-        let (ws, _resp) = client_async(url, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+        let (ws, _resp) = client_async(url, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
         Ok::<Ws, String>(ws)
     };
     match tokio::time::timeout(Duration::from_secs(15), fut).await {
@@ -123,11 +132,18 @@ async fn connect(addr: &str, path: &str) -> Result<Ws, String> {
 
 /// Opens `n` connections with at most `concurrency` in flight; returns the open ones and the
 /// first few errors.
-async fn open_many(addr: &str, path: &str, n: usize, concurrency: usize) -> (Vec<Ws>, usize, Vec<String>) {
+async fn open_many(
+    addr: &str,
+    path: &str,
+    n: usize,
+    concurrency: usize,
+) -> (Vec<Ws>, usize, Vec<String>) {
     let mut out = Vec::with_capacity(n);
     let mut failed = 0;
     let mut samples = Vec::new();
-    let mut s = futures_util::stream::iter(0..n).map(|_| connect(addr, path)).buffer_unordered(concurrency);
+    let mut s = futures_util::stream::iter(0..n)
+        .map(|_| connect(addr, path))
+        .buffer_unordered(concurrency);
     while let Some(r) = s.next().await {
         match r {
             Ok(ws) => out.push(ws),
@@ -144,7 +160,9 @@ async fn open_many(addr: &str, path: &str, n: usize, concurrency: usize) -> (Vec
 
 /// Sends `msg` and waits for the next data message. Ok(true) when it came back intact.
 async fn round_trip(ws: &mut Ws, msg: &str) -> Result<bool, String> {
-    ws.send(Message::Text(msg.to_string())).await.map_err(|e| format!("send: {e}"))?;
+    ws.send(Message::Text(msg.to_string()))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t == msg),
@@ -182,7 +200,8 @@ async fn echo(a: Args) {
             let mut lat: Vec<u32> = Vec::with_capacity(4096);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                let r = tokio::time::timeout(Duration::from_secs(5), round_trip(&mut ws, &payload)).await;
+                let r = tokio::time::timeout(Duration::from_secs(5), round_trip(&mut ws, &payload))
+                    .await;
                 match r {
                     Ok(Ok(true)) => lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
                     Ok(Ok(false)) => {
@@ -236,7 +255,10 @@ async fn idle(a: Args) {
     // Still alive? One echo on each, `concurrency` at a time.
     let results: Vec<(Ws, bool)> = futures_util::stream::iter(conns.drain(..))
         .map(|mut ws| async move {
-            let ok = matches!(tokio::time::timeout(Duration::from_secs(10), round_trip(&mut ws, "alive?")).await, Ok(Ok(true)));
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(10), round_trip(&mut ws, "alive?")).await,
+                Ok(Ok(true))
+            );
             (ws, ok)
         })
         .buffer_unordered(a.concurrency)
@@ -269,9 +291,14 @@ fn main() {
     };
     raise_nofile();
     let rt = if a.threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build()
     }
     .expect("tokio runtime");
     rt.block_on(async move {

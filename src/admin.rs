@@ -91,7 +91,11 @@ impl ServeHttp for Admin {
                 body.push(b'\n');
                 reply(200, "application/json", body)
             }
-            _ => reply(404, "text/plain", b"not found: try /health or /status\n".to_vec()),
+            _ => reply(
+                404,
+                "text/plain",
+                b"not found: try /health or /status\n".to_vec(),
+            ),
         }
     }
 }

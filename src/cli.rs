@@ -46,7 +46,12 @@ pub enum Command {
 
 /// Parses arguments (without the program name).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut cli = Cli { config: PathBuf::from(DEFAULT_CONFIG), test: false, upgrade: false, daemon: false };
+    let mut cli = Cli {
+        config: PathBuf::from(DEFAULT_CONFIG),
+        test: false,
+        upgrade: false,
+        daemon: false,
+    };
     let args: Vec<String> = args.into_iter().collect();
     if args.first().map(String::as_str) == Some("upgrade") {
         return crate::upgrade::parse(&args[1..]).map(Command::Upgrade);
@@ -78,9 +83,21 @@ mod tests {
 
     #[test]
     fn flags() {
-        let Command::Run(c) = p(&["-t", "-c", "x.yaml", "-u", "-d"]).unwrap() else { panic!() };
-        assert_eq!(c, Cli { config: "x.yaml".into(), test: true, upgrade: true, daemon: true });
-        let Command::Run(c) = p(&[]).unwrap() else { panic!() };
+        let Command::Run(c) = p(&["-t", "-c", "x.yaml", "-u", "-d"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            c,
+            Cli {
+                config: "x.yaml".into(),
+                test: true,
+                upgrade: true,
+                daemon: true
+            }
+        );
+        let Command::Run(c) = p(&[]).unwrap() else {
+            panic!()
+        };
         assert_eq!(c.config, PathBuf::from(DEFAULT_CONFIG));
         assert_eq!(p(&["--help"]).unwrap(), Command::Help);
         assert!(p(&["--bogus"]).unwrap_err().contains("--bogus"));

@@ -47,7 +47,9 @@ pub fn load(path: &std::path::Path, registry: &Registry) -> Result<Runtime, Conf
 /// The `main` of a custom gateway binary: the standard command line and config, with the
 /// filters of `registry` available to `routes[].filters`. Never returns while serving.
 pub fn run_with(registry: Registry) -> ExitCode {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().try_init();
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .try_init();
     match cli::parse(std::env::args().skip(1)) {
         Ok(cli::Command::Run(c)) => run_cli_with(c, &registry),
         Ok(cli::Command::Upgrade(a)) => upgrade::run(&a),
@@ -90,6 +92,19 @@ fn run_cli_with(cli: cli::Cli, registry: &Registry) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     upgrade::write_pid_file(&cli, &rt.server_conf.pid_file);
-    log::info!("gateway {} starting with {shown}: {} listener(s), {} pool(s), {} route(s)", env!("CARGO_PKG_VERSION"), rt.listeners.len(), rt.pools.len(), rt.router.len());
-    server::build(rt, server::RunFlags { upgrade: cli.upgrade, daemon: cli.daemon }).run_forever()
+    log::info!(
+        "gateway {} starting with {shown}: {} listener(s), {} pool(s), {} route(s)",
+        env!("CARGO_PKG_VERSION"),
+        rt.listeners.len(),
+        rt.pools.len(),
+        rt.router.len()
+    );
+    server::build(
+        rt,
+        server::RunFlags {
+            upgrade: cli.upgrade,
+            daemon: cli.daemon,
+        },
+    )
+    .run_forever()
 }

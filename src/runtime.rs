@@ -24,7 +24,14 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// TLS, when terminated here.
     pub tls: Option<ListenerTls>,
+    /// Size of the per-connection read buffer (0: none).
+    pub read_buffer: usize,
 }
+
+/// Default per-connection read buffer of a TLS listener: one TLS record.
+pub const TLS_READ_BUFFER: usize = 16 * 1024;
+/// Largest accepted `read_buffer`.
+const MAX_READ_BUFFER: usize = 1024 * 1024;
 
 /// A validated, compiled config.
 pub struct Runtime {
@@ -52,7 +59,10 @@ fn parse_listen(addr: &str, at: String, issues: &mut Issues) -> Option<SocketAdd
     match addr.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            issues.error(at, format!("invalid socket address \"{addr}\" (expected IP:port, e.g. 0.0.0.0:8080)"));
+            issues.error(
+                at,
+                format!("invalid socket address \"{addr}\" (expected IP:port, e.g. 0.0.0.0:8080)"),
+            );
             None
         }
     }
@@ -75,27 +85,73 @@ impl Runtime {
             issues.error("listeners", "needs at least one listener");
         }
         for (i, l) in cfg.listeners.iter().enumerate() {
-            let Some(addr) = parse_listen(&l.address, format!("listeners[{i}].address"), &mut issues) else { continue };
+            let Some(addr) =
+                parse_listen(&l.address, format!("listeners[{i}].address"), &mut issues)
+            else {
+                continue;
+            };
             if listeners.iter().any(|x| x.addr == addr) {
-                issues.error(format!("listeners[{i}].address"), format!("{addr} is listed twice"));
+                issues.error(
+                    format!("listeners[{i}].address"),
+                    format!("{addr} is listed twice"),
+                );
             }
-            let tls = l.tls.as_ref().and_then(|t| crate::tls::compile_listener(cfg, t, l.http2, &format!("listeners[{i}].tls"), &mut issues));
+            let tls = l.tls.as_ref().and_then(|t| {
+                crate::tls::compile_listener(
+                    cfg,
+                    t,
+                    l.http2,
+                    &format!("listeners[{i}].tls"),
+                    &mut issues,
+                )
+            });
             if l.http2 && l.tls.is_none() {
-                issues.error(format!("listeners[{i}].http2"), "needs tls (h2 is offered by ALPN)");
+                issues.error(
+                    format!("listeners[{i}].http2"),
+                    "needs tls (h2 is offered by ALPN)",
+                );
             }
             if l.redirect_https {
                 if l.tls.is_some() {
-                    issues.error(format!("listeners[{i}].redirect_https"), "only applies to plain-HTTP listeners");
+                    issues.error(
+                        format!("listeners[{i}].redirect_https"),
+                        "only applies to plain-HTTP listeners",
+                    );
                 }
                 redirect_ports.push(addr.port());
             }
-            listeners.push(Listener { addr, tls });
+            let read_buffer =
+                l.read_buffer
+                    .unwrap_or(if l.tls.is_some() { TLS_READ_BUFFER } else { 0 });
+            if read_buffer > MAX_READ_BUFFER {
+                issues.error(
+                    format!("listeners[{i}].read_buffer"),
+                    format!("{read_buffer} bytes is more than the {MAX_READ_BUFFER} allowed"),
+                );
+            }
+            listeners.push(Listener {
+                addr,
+                tls,
+                read_buffer,
+            });
         }
-        let https_port = cfg.listeners.iter().zip(&listeners).find(|(c, _)| c.tls.is_some()).map(|(_, l)| l.addr.port());
+        let https_port = cfg
+            .listeners
+            .iter()
+            .zip(&listeners)
+            .find(|(c, _)| c.tls.is_some())
+            .map(|(_, l)| l.addr.port());
         if !redirect_ports.is_empty() && https_port.is_none() {
-            issues.warn("listeners", "redirect_https without a TLS listener: redirects go to port 443");
+            issues.warn(
+                "listeners",
+                "redirect_https without a TLS listener: redirects go to port 443",
+            );
         }
-        let admin = if cfg.admin.enabled { parse_listen(&cfg.admin.address, "admin.address".into(), &mut issues) } else { None };
+        let admin = if cfg.admin.enabled {
+            parse_listen(&cfg.admin.address, "admin.address".into(), &mut issues)
+        } else {
+            None
+        };
         if let Some(a) = admin {
             if listeners.iter().any(|l| l.addr == a) {
                 issues.error("admin.address", format!("{a} is also a client listener"));
@@ -106,14 +162,28 @@ impl Runtime {
         let mut pools = Vec::new();
         let mut pool_index = HashMap::new();
         for (name, u) in &cfg.upstreams {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                issues.error(format!("upstreams.{name}"), "pool names use letters, digits, '-', '_' and '.'");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                issues.error(
+                    format!("upstreams.{name}"),
+                    "pool names use letters, digits, '-', '_' and '.'",
+                );
             }
             pool_index.insert(name.clone(), pools.len());
             let tls = u.tls.as_ref().map(|t| UpstreamTls {
                 sni: t.sni.clone(),
                 verify: t.verify,
-                ca: t.ca_file.as_ref().and_then(|f| crate::tls::load_ca(cfg, f, &format!("upstreams.{name}.tls.ca_file"), &mut issues)),
+                ca: t.ca_file.as_ref().and_then(|f| {
+                    crate::tls::load_ca(
+                        cfg,
+                        f,
+                        &format!("upstreams.{name}.tls.ca_file"),
+                        &mut issues,
+                    )
+                }),
             });
             pools.push(Arc::new(Pool::compile_with_tls(name, u, tls, &mut issues)));
         }
@@ -122,8 +192,20 @@ impl Runtime {
             issues.warn("routes", "no routes: every request gets 404");
         }
         for (i, rc) in cfg.routes.iter().enumerate() {
-            let carries_socketio = rc.matches.path_prefix.as_deref().or(rc.matches.path.as_deref()).is_some_and(|p| p.contains("socket.io"));
-            let Some(pool) = rc.upstream.as_ref().and_then(|u| pool_index.get(u)).map(|&p| &pools[p]) else { continue };
+            let carries_socketio = rc
+                .matches
+                .path_prefix
+                .as_deref()
+                .or(rc.matches.path.as_deref())
+                .is_some_and(|p| p.contains("socket.io"));
+            let Some(pool) = rc
+                .upstream
+                .as_ref()
+                .and_then(|u| pool_index.get(u))
+                .map(|&p| &pools[p])
+            else {
+                continue;
+            };
             if carries_socketio {
                 let t = pool.timeouts;
                 if t.idle.0.as_secs() < SOCKETIO_HEARTBEAT_SECS {
@@ -143,10 +225,40 @@ impl Runtime {
         if !issues.errors.is_empty() {
             return Err(ConfigError::Invalid(issues.errors));
         }
-        Ok(Runtime { router, pools, forwarded, listeners, redirect_ports, https_port, admin, server_conf, warnings: issues.warnings })
+        Ok(Runtime {
+            router,
+            pools,
+            forwarded,
+            listeners,
+            redirect_ports,
+            https_port,
+            admin,
+            server_conf,
+            warnings: issues.warnings,
+        })
     }
 }
 
 fn router_uses(router: &Router, pool: usize) -> bool {
-    (0..router.len()).any(|i| matches!(router.get(i).action, Action::Proxy { pool: p } if p == pool))
+    (0..router.len())
+        .any(|i| matches!(router.get(i).action, Action::Proxy { pool: p } if p == pool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listeners(yaml: &str) -> Vec<Listener> {
+        let cfg = Config::from_yaml(yaml).expect("yaml");
+        Runtime::compile_with(&cfg, &Registry::default())
+            .map_err(|e| e.to_string())
+            .expect("valid")
+            .listeners
+    }
+
+    #[test]
+    fn plain_listeners_hold_no_read_buffer_unless_asked() {
+        let l = listeners("listeners: [ { address: 127.0.0.1:8080 }, { address: 127.0.0.1:8081, read_buffer: 4096 } ]\n");
+        assert_eq!((l[0].read_buffer, l[1].read_buffer), (0, 4096));
+    }
 }

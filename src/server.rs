@@ -6,6 +6,8 @@ use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use crate::upstream::HealthChecker;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+
 use pingora_core::server::configuration::Opt;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -24,7 +26,13 @@ pub struct RunFlags {
 /// Builds the server with all its services; call `run_forever` on the result.
 pub fn build(rt: Runtime, flags: RunFlags) -> Server {
     let rt = Arc::new(rt);
-    let opt = Opt { upgrade: flags.upgrade, daemon: flags.daemon, nocapture: false, test: false, conf: None };
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
     // Not `daemon_wait_for_ready`: in Pingora 0.9.1 the launcher installs its SIGUSR1 handler
     // after forking, and a daemon that bootstraps fast kills it. `gateway upgrade` checks
     // readiness itself (new pid, socket hand-over, admin answer).
@@ -38,17 +46,28 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
         None
     };
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(rt.clone()), "gateway");
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(rt.clone()),
+        "gateway",
+    );
     for l in &rt.listeners {
-        match &l.tls {
-            Some(tls) => proxy.add_tls_with_settings(&l.addr.to_string(), None, tls.settings()),
-            None => proxy.add_tcp(&l.addr.to_string()),
+        // Pingora's default is a 64 KiB zero-filled read buffer per connection, held for the
+        // connection's life (idle WebSockets too); see `listeners[].read_buffer`.
+        let mut endpoint = ListenerConfig::tcp(l.addr.to_string())
+            .l4_buffer(L4BufferSettings::default().read(l.read_buffer));
+        if let Some(tls) = &l.tls {
+            endpoint = endpoint.tls(tls.settings());
         }
+        proxy.add_listener(endpoint);
     }
     let mut health = Vec::new();
     for pool in &rt.pools {
         if let Some(checker) = HealthChecker::new(pool.clone()) {
-            health.push(server.add_service(background_service(&format!("health {}", pool.name), checker)));
+            health.push(server.add_service(background_service(
+                &format!("health {}", pool.name),
+                checker,
+            )));
         }
     }
     let proxy = server.add_service(proxy);
@@ -59,7 +78,10 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
     }
 
     if let Some(addr) = rt.admin {
-        let mut admin = Service::new("admin".to_string(), HttpServer::new_app(Admin::new(rt.clone())));
+        let mut admin = Service::new(
+            "admin".to_string(),
+            HttpServer::new_app(Admin::new(rt.clone())),
+        );
         admin.add_tcp(&addr.to_string());
         let admin = server.add_service(admin);
         admin.add_dependency(&proxy);
@@ -69,5 +91,8 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
 
 /// Pingora's `ServerConf` is not `Clone`; round-trip it through YAML.
 fn clone_conf(rt: &Runtime) -> pingora_core::server::configuration::ServerConf {
-    serde_yaml::to_string(&rt.server_conf).ok().and_then(|s| serde_yaml::from_str(&s).ok()).unwrap_or_default()
+    serde_yaml::to_string(&rt.server_conf)
+        .ok()
+        .and_then(|s| serde_yaml::from_str(&s).ok())
+        .unwrap_or_default()
 }

@@ -40,10 +40,18 @@ pub enum UpgradeError {
 impl std::fmt::Display for UpgradeError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
-            UpgradeError::Check(s) => write!(f, "new configuration rejected, old process left running:\n{s}"),
+            UpgradeError::Check(s) => write!(
+                f,
+                "new configuration rejected, old process left running:\n{s}"
+            ),
             UpgradeError::NoOldProcess(s) => write!(f, "no running gateway to upgrade: {s}"),
-            UpgradeError::NewFailed(s) => write!(f, "new process failed to start, old process left running: {s}"),
-            UpgradeError::NotReady(s) => write!(f, "hand-over started but the new process is not ready: {s}"),
+            UpgradeError::NewFailed(s) => write!(
+                f,
+                "new process failed to start, old process left running: {s}"
+            ),
+            UpgradeError::NotReady(s) => {
+                write!(f, "hand-over started but the new process is not ready: {s}")
+            }
         }
     }
 }
@@ -73,27 +81,44 @@ fn admin_pid(addr: std::net::SocketAddr) -> Option<i32> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let i = body.find("\"pid\":")? + 6;
-    body[i..].trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    body[i..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Runs an upgrade; returns the new process id.
 pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
     let bin = match &args.bin {
         Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(|e| UpgradeError::Check(format!("cannot find this executable: {e}")))?,
+        None => std::env::current_exe()
+            .map_err(|e| UpgradeError::Check(format!("cannot find this executable: {e}")))?,
     };
     let cfg = args.config.to_string_lossy().into_owned();
-    let check = Command::new(&bin).args(["-t", "-c", &cfg]).output().map_err(|e| UpgradeError::Check(format!("cannot run {}: {e}", bin.display())))?;
+    let check = Command::new(&bin)
+        .args(["-t", "-c", &cfg])
+        .output()
+        .map_err(|e| UpgradeError::Check(format!("cannot run {}: {e}", bin.display())))?;
     if !check.status.success() {
-        return Err(UpgradeError::Check(format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr))));
+        return Err(UpgradeError::Check(format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        )));
     }
-    let rt = crate::load(&args.config, &crate::Registry::new()).map_err(|e| UpgradeError::Check(e.to_string()))?;
+    let rt = crate::load(&args.config, &crate::Registry::new())
+        .map_err(|e| UpgradeError::Check(e.to_string()))?;
     let conf = &rt.server_conf;
-    let old = read_pid(&conf.pid_file).filter(|&p| alive(p)).ok_or_else(|| UpgradeError::NoOldProcess(format!("no live pid in {}", conf.pid_file)))?;
+    let old = read_pid(&conf.pid_file)
+        .filter(|&p| alive(p))
+        .ok_or_else(|| UpgradeError::NoOldProcess(format!("no live pid in {}", conf.pid_file)))?;
 
     // The new process daemonises (its launcher exits 0 after the fork); the daemon writes the
     // pid file, then binds upgrade_sock and waits there for the sockets.
@@ -119,7 +144,10 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
         Some(st) => return Err(restore(format!("it exited with {st}"))),
         None => {
             let _ = launcher.kill();
-            return Err(restore(format!("it did not start within {:?}", args.timeout)));
+            return Err(restore(format!(
+                "it did not start within {:?}",
+                args.timeout
+            )));
         }
     }
     let mut new = None;
@@ -128,23 +156,33 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
         new.is_some() && sock.exists()
     });
     let Some(new) = new.filter(|_| waiting) else {
-        return Err(restore(format!("it is not waiting for the sockets on {}", sock.display())));
+        return Err(restore(format!(
+            "it is not waiting for the sockets on {}",
+            sock.display()
+        )));
     };
     // Hand over: the old process sends its listening sockets, keeps serving in-flight work.
     // SAFETY: plain kill(2) on a pid we read and checked.
     if unsafe { libc::kill(old, libc::SIGQUIT) } != 0 {
         // SAFETY: as above, on the daemon we just started.
         unsafe { libc::kill(new, libc::SIGKILL) };
-        return Err(restore(format!("cannot signal old process {old}: {}", std::io::Error::last_os_error())));
+        return Err(restore(format!(
+            "cannot signal old process {old}: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     let handed_over = Instant::now();
     if !wait_until(args.timeout, || !sock.exists() || !alive(new)) || !alive(new) {
-        return Err(UpgradeError::NotReady(format!("process {new} did not take the sockets over")));
+        return Err(UpgradeError::NotReady(format!(
+            "process {new} did not take the sockets over"
+        )));
     }
     // Serving: the admin listener starts after the proxy, which starts after the health checks.
     if let Some(admin) = rt.admin {
         if !wait_until(args.timeout, || admin_pid(admin) == Some(new)) {
-            return Err(UpgradeError::NotReady(format!("process {new} does not answer on the admin listener {admin}")));
+            return Err(UpgradeError::NotReady(format!(
+                "process {new} does not answer on the admin listener {admin}"
+            )));
         }
     }
     // Pingora's old process keeps accepting on the shared sockets for a fixed 5 s after the
@@ -156,13 +194,20 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
 
 /// Parses `upgrade` arguments (after the word `upgrade`).
 pub fn parse(args: &[String]) -> Result<UpgradeArgs, String> {
-    let mut a = UpgradeArgs { config: PathBuf::from(crate::cli::DEFAULT_CONFIG), bin: None, timeout: Duration::from_secs(30) };
+    let mut a = UpgradeArgs {
+        config: PathBuf::from(crate::cli::DEFAULT_CONFIG),
+        bin: None,
+        timeout: Duration::from_secs(30),
+    };
     let mut it = args.iter();
     while let Some(x) = it.next() {
         match x.as_str() {
             "-c" | "--conf" => a.config = it.next().ok_or("-c needs a file")?.into(),
             "--bin" => a.bin = Some(it.next().ok_or("--bin needs a path")?.into()),
-            "--timeout" => a.timeout = crate::config::parse_duration(it.next().ok_or("--timeout needs a duration")?)?,
+            "--timeout" => {
+                a.timeout =
+                    crate::config::parse_duration(it.next().ok_or("--timeout needs a duration")?)?
+            }
             s => return Err(format!("unknown upgrade argument \"{s}\"")),
         }
     }

@@ -18,7 +18,10 @@ fn shipped_configs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn every_file_in_conf_is_valid() {
     let mut files = Vec::new();
-    shipped_configs(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf"), &mut files);
+    shipped_configs(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf"),
+        &mut files,
+    );
     assert!(files.len() >= 5, "{files:?}");
     for f in files {
         let (code, out) = check_config_file(&f);
@@ -36,6 +39,7 @@ fn broken_configs_name_key_and_reason() {
         ),
         ("routes:\n  - { match: { hots: a.com }, respond: {} }\n", &["routes[0].match: unknown field `hots`", "line 2"]),
         ("listeners: [ { address: localhost } ]\n", &["listeners[0].address: invalid socket address \"localhost\""]),
+        ("listeners: [ { address: 127.0.0.1:1, read_buffer: 99999999 } ]\n", &["listeners[0].read_buffer: 99999999 bytes is more than the 1048576 allowed"]),
         ("server: { pid_file: run/gw.pid, threadz: 2 }\n", &["server.pid_file: must be an absolute path", "server.threadz: unknown key"]),
         ("upstreams:\n  p: { servers: [ { address: 127.0.0.1:1 } ], timeouts: { idle: forever } }\n", &["upstreams.p.timeouts.idle: invalid duration \"forever\""]),
         ("upstreams:\n  p: { servers: [], balance: fastest }\n", &["upstreams.p.balance: unknown variant `fastest`"]),
@@ -73,8 +77,13 @@ fn a_bad_config_does_not_start_the_gateway() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("bad.yaml");
     std::fs::write(&f, "routes: [ { upstream: nope } ]\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway")).arg("-c").arg(&f).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("-c")
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream: unknown upstream \"nope\""));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("routes[0].upstream: unknown upstream \"nope\""));
     std::fs::remove_dir_all(&dir).ok();
 }

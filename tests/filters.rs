@@ -16,39 +16,83 @@ async fn request_id_is_sent_upstream_and_echoed() {
     let b = Backend::start("a").await;
     let gw = Gateway::start(&config(&b, "[ { name: request_id } ]"));
     let r = get(gw.port, "x", "/api/one").await;
-    let id = r.header("x-request-id").expect("response carries the id").to_string();
-    assert_eq!(r.json()["headers"]["x-request-id"], id.as_str(), "backend saw the same id");
+    let id = r
+        .header("x-request-id")
+        .expect("response carries the id")
+        .to_string();
+    assert_eq!(
+        r.json()["headers"]["x-request-id"],
+        id.as_str(),
+        "backend saw the same id"
+    );
     let r2 = get(gw.port, "x", "/api/two").await;
     assert_ne!(r2.header("x-request-id").unwrap(), id, "ids are unique");
-    let r3 = get_with(gw.port, "x", "/api/three", &[("X-Request-Id", "client-chosen-1")]).await;
-    assert_eq!(r3.header("x-request-id"), Some("client-chosen-1"), "a valid incoming id is kept");
-    assert!(get(gw.port, "x", "/other").await.header("x-request-id").is_none(), "filters are per route");
+    let r3 = get_with(
+        gw.port,
+        "x",
+        "/api/three",
+        &[("X-Request-Id", "client-chosen-1")],
+    )
+    .await;
+    assert_eq!(
+        r3.header("x-request-id"),
+        Some("client-chosen-1"),
+        "a valid incoming id is kept"
+    );
+    assert!(
+        get(gw.port, "x", "/other")
+            .await
+            .header("x-request-id")
+            .is_none(),
+        "filters are per route"
+    );
 }
 
 #[test]
 fn unknown_filter_and_bad_filter_config_are_config_errors() {
     let (code, out) = check_config("upstreams: { a: { servers: [ { address: \"127.0.0.1:1\" } ] } }\nroutes: [ { upstream: a, filters: [ { name: nope } ] } ]\n");
     assert_ne!(code, 0);
-    assert!(out.contains("routes[0].filters[0].name: unknown filter \"nope\" (registered: request_id)"), "{out}");
+    assert!(
+        out.contains("routes[0].filters[0].name: unknown filter \"nope\" (registered: request_id)"),
+        "{out}"
+    );
     let (code, out) = check_config("upstreams: { a: { servers: [ { address: \"127.0.0.1:1\" } ] } }\nroutes: [ { upstream: a, filters: [ { name: request_id, config: { header: \"bad header\" } } ] } ]\n");
     assert_ne!(code, 0);
-    assert!(out.contains("routes[0].filters[0].config: header: invalid header name"), "{out}");
+    assert!(
+        out.contains("routes[0].filters[0].config: header: invalid header name"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_binary_with_api_key_filter() {
     let bin = example_bin("api_key_filter");
-    assert!(std::path::Path::new(&bin).exists(), "{bin} not built: run `cargo build --examples` (scripts/test.sh does)");
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} not built: run `cargo build --examples` (scripts/test.sh does)"
+    );
     let b = Backend::start("a").await;
-    let gw = Gateway::start_bin(&bin, &config(&b, "[ { name: api_key, config: { keys: { k-123: alice } } } ]"));
+    let gw = Gateway::start_bin(
+        &bin,
+        &config(
+            &b,
+            "[ { name: api_key, config: { keys: { k-123: alice } } } ]",
+        ),
+    );
     let r = get(gw.port, "x", "/api/secret").await;
     assert_eq!(r.status, 401);
     assert_eq!(b.app_hits(), 0, "rejected before reaching the backend");
     let r = get_with(gw.port, "x", "/api/secret", &[("X-Api-Key", "k-123")]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-api-user"], "alice");
-    assert!(r.json()["headers"].get("x-api-key").is_none(), "the key is not passed on");
+    assert!(
+        r.json()["headers"].get("x-api-key").is_none(),
+        "the key is not passed on"
+    );
     // The custom binary still knows the built-in filters and rejects its own bad config.
-    let out = std::process::Command::new(&bin).args(["-t", "-c", gw.config_path.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["-t", "-c", gw.config_path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }

@@ -117,10 +117,17 @@ async fn websocket_echo_and_whoami() {
         assert_eq!(ws_roundtrip(&mut ws, "whoami").await, "node-ws");
 
         ws.send(WsMessage::Binary(vec![1, 2, 3])).await.unwrap();
-        assert_eq!(ws_recv(&mut ws).await, Some(WsMessage::Binary(vec![1, 2, 3])));
+        assert_eq!(
+            ws_recv(&mut ws).await,
+            Some(WsMessage::Binary(vec![1, 2, 3]))
+        );
 
         ws.send(WsMessage::Ping(b"p".to_vec())).await.unwrap();
-        let pong = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(pong, WsMessage::Pong(b"p".to_vec()));
 
         // a big message
@@ -138,11 +145,19 @@ async fn websocket_echo_and_whoami() {
         }
 
         // any path upgrades; subprotocol is echoed
-        let (mut ws2, resp) = ws_connect_with(b.port(), "h", "/any/path?q=1", &[("Sec-WebSocket-Protocol", "chat, superchat")])
-            .await
-            .unwrap();
+        let (mut ws2, resp) = ws_connect_with(
+            b.port(),
+            "h",
+            "/any/path?q=1",
+            &[("Sec-WebSocket-Protocol", "chat, superchat")],
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.status().as_u16(), 101);
-        assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "chat");
+        assert_eq!(
+            resp.headers().get("sec-websocket-protocol").unwrap(),
+            "chat"
+        );
         assert_eq!(resp.headers().get("x-backend").unwrap(), "node-ws");
         assert_eq!(ws_roundtrip(&mut ws2, "whoami").await, "node-ws");
         assert_eq!(b.ws_hits.load(Ordering::SeqCst), 2);
@@ -187,20 +202,40 @@ async fn stop_refuses_and_aborts_then_restart_on_same_port() {
         let mut conn = H1Conn::connect(port).await.unwrap();
         assert_eq!(conn.get("h", "/a").await.status, 200);
         let mut ws = ws_connect(port, "h", "/ws").await;
-        assert!(eventually(Duration::from_secs(2), || async { b.open_connections() == 2 }).await);
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                b.open_connections() == 2
+            })
+            .await
+        );
 
         b.stop();
         assert!(b.is_stopped());
         // immediately refused
         let e = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
         assert!(e.is_err(), "connect after stop() should be refused");
-        assert!(http(port, "GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.is_err());
-        assert!(conn.is_closed(Duration::from_secs(2)).await, "keep-alive conn should be closed");
-        assert!(ws_recv(&mut ws).await.is_none(), "websocket should be cut by stop()");
-        assert!(eventually(Duration::from_secs(2), || async { b.open_connections() == 0 }).await);
+        assert!(http(port, "GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .is_err());
+        assert!(
+            conn.is_closed(Duration::from_secs(2)).await,
+            "keep-alive conn should be closed"
+        );
+        assert!(
+            ws_recv(&mut ws).await.is_none(),
+            "websocket should be cut by stop()"
+        );
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                b.open_connections() == 0
+            })
+            .await
+        );
 
         // restart on the same port, with fresh counters
-        let b2 = Backend::start_on(b.addr, "node-r2").await.expect("restart on same port");
+        let b2 = Backend::start_on(b.addr, "node-r2")
+            .await
+            .expect("restart on same port");
         assert_eq!(b2.port(), port);
         let r = get(port, "h", "/again").await;
         assert_eq!(r.json()["backend"], "node-r2");
@@ -247,24 +282,40 @@ async fn misc_helpers() {
         assert!(!port_open(p));
         let bs = start_backends(&["x", "y"]).await;
         assert_ne!(bs[0].port(), bs[1].port());
-        assert_eq!(get(bs[1].port(), "h", "/").await.backend().as_deref(), Some("y"));
+        assert_eq!(
+            get(bs[1].port(), "h", "/").await.backend().as_deref(),
+            Some("y")
+        );
         let mut n = 0;
-        assert!(eventually(Duration::from_secs(2), || {
-            n += 1;
-            let done = n >= 3;
-            async move { done }
-        })
-        .await);
+        assert!(
+            eventually(Duration::from_secs(2), || {
+                n += 1;
+                let done = n >= 3;
+                async move { done }
+            })
+            .await
+        );
         assert!(!eventually(Duration::from_millis(200), || async { false }).await);
         // a ws handshake against a non-ws endpoint error is reported with status
         let e = try_ws_connect(free_port(), "h", "/").await.unwrap_err();
         assert!(e.status.is_none(), "{e}");
         // CLI parsing of the demo backend
-        let args: Vec<String> =
-            ["--listen", "127.0.0.1:1", "--name", "a", "--listen=127.0.0.1:2"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:1",
+            "--name",
+            "a",
+            "--listen=127.0.0.1:2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let pairs = common::demo::parse_args(&args).unwrap();
         assert_eq!(pairs[0], ("127.0.0.1:1".parse().unwrap(), "a".to_string()));
-        assert_eq!(pairs[1], ("127.0.0.1:2".parse().unwrap(), "node-b".to_string()));
+        assert_eq!(
+            pairs[1],
+            ("127.0.0.1:2".parse().unwrap(), "node-b".to_string())
+        );
         assert!(common::demo::parse_args(&["--bogus".to_string()]).is_err());
     })
     .await

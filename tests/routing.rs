@@ -57,10 +57,16 @@ async fn routes_reach_the_right_pool_and_path() {
     assert_eq!(j["path"], "/v2/x/y?z=1", "rewrite replaces the prefix");
 
     let j = get(gw.port, "other.test", "/a/deep/path").await.json();
-    assert_eq!((j["backend"].as_str(), j["path"].as_str()), (Some("a"), Some("/a/deep/path")));
+    assert_eq!(
+        (j["backend"].as_str(), j["path"].as_str()),
+        (Some("a"), Some("/a/deep/path"))
+    );
 
     // api.example.com outside /v1/ falls through to the wildcard route.
-    assert_eq!(get(gw.port, "api.example.com", "/v2/").await.json()["backend"], "b");
+    assert_eq!(
+        get(gw.port, "api.example.com", "/v2/").await.json()["backend"],
+        "b"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +76,12 @@ async fn no_route_is_404_and_fixed_responses_and_redirects_work() {
 
     let r = get(gw.port, "other.test", "/nowhere").await;
     assert_eq!(r.status, 404);
-    assert_eq!(a.app_hits.load(std::sync::atomic::Ordering::SeqCst) + b.app_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "a 404 reaches no backend");
+    assert_eq!(
+        a.app_hits.load(std::sync::atomic::Ordering::SeqCst)
+            + b.app_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a 404 reaches no backend"
+    );
 
     let r = get(gw.port, "other.test", "/ping").await;
     assert_eq!((r.status, r.text().as_str()), (200, "pong\n"));
@@ -78,18 +89,30 @@ async fn no_route_is_404_and_fixed_responses_and_redirects_work() {
 
     let r = get(gw.port, "other.test", "/old/page?q=1").await;
     assert_eq!(r.status, 301);
-    assert_eq!(r.header("location"), Some("https://new.example.com/new/page?q=1"));
+    assert_eq!(
+        r.header("location"),
+        Some("https://new.example.com/new/page?q=1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_rules_apply_to_request_and_response() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let gw = Gateway::start(&config(&a, &b, ""));
-    let r = get_with(gw.port, "api.example.com", "/v1/h", &[("X-Debug", "1"), ("X-Tag", "t0")]).await;
+    let r = get_with(
+        gw.port,
+        "api.example.com",
+        "/v1/h",
+        &[("X-Debug", "1"), ("X-Tag", "t0")],
+    )
+    .await;
     let j = r.json();
     assert_eq!(j["headers"]["x-env"], "prod");
     assert_eq!(j["headers"]["x-tag"], "t0, t1", "add appends");
-    assert!(j["headers"].get("x-debug").is_none(), "remove drops the header");
+    assert!(
+        j["headers"].get("x-debug").is_none(),
+        "remove drops the header"
+    );
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
 }
 
@@ -98,11 +121,24 @@ async fn forwarded_headers_from_an_untrusted_client() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let gw = Gateway::start(&config(&a, &b, ""));
     // 127.0.0.1 is not trusted here: a spoofed X-Forwarded-For is replaced, not appended.
-    let j = get_with(gw.port, "other.test", "/a/x", &[("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")]).await.json();
+    let j = get_with(
+        gw.port,
+        "other.test",
+        "/a/x",
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    )
+    .await
+    .json();
     let h = &j["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-real-ip"], "127.0.0.1");
-    assert_eq!(h["x-forwarded-proto"], "http", "an untrusted client cannot claim https");
+    assert_eq!(
+        h["x-forwarded-proto"], "http",
+        "an untrusted client cannot claim https"
+    );
     assert_eq!(h["x-forwarded-host"], "other.test");
     assert_eq!(h["x-forwarded-port"], gw.port.to_string());
 }
@@ -111,11 +147,30 @@ async fn forwarded_headers_from_an_untrusted_client() {
 async fn forwarded_headers_from_a_trusted_proxy() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let gw = Gateway::start(&config(&a, &b, "127.0.0.1/32"));
-    let j = get_with(gw.port, "other.test", "/a/x", &[("X-Forwarded-For", "203.0.113.9, 127.0.0.1"), ("X-Forwarded-Proto", "https")]).await.json();
+    let j = get_with(
+        gw.port,
+        "other.test",
+        "/a/x",
+        &[
+            ("X-Forwarded-For", "203.0.113.9, 127.0.0.1"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    )
+    .await
+    .json();
     let h = &j["headers"];
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1, 127.0.0.1", "a trusted proxy's chain is appended to");
-    assert_eq!(h["x-real-ip"], "203.0.113.9", "real IP is the right-most untrusted hop");
-    assert_eq!(h["x-forwarded-proto"], "https", "a trusted proxy's proto is kept");
+    assert_eq!(
+        h["x-forwarded-for"], "203.0.113.9, 127.0.0.1, 127.0.0.1",
+        "a trusted proxy's chain is appended to"
+    );
+    assert_eq!(
+        h["x-real-ip"], "203.0.113.9",
+        "real IP is the right-most untrusted hop"
+    );
+    assert_eq!(
+        h["x-forwarded-proto"], "https",
+        "a trusted proxy's proto is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,9 +186,22 @@ async fn admin_health_status_and_access_log() {
     assert_eq!(backends[0]["healthy"], true);
     assert_eq!(backends[0]["requests"], 1);
     // in_flight drops in the logging phase, just after the response is written.
-    assert!(eventually(std::time::Duration::from_secs(3), || async { get(gw.admin_port, "localhost", "/status").await.json()["in_flight"] == 0 }).await);
     assert!(
-        eventually(std::time::Duration::from_secs(5), || async { gw.log().lines().any(|l| l.contains("\"GET /a/logged HTTP/1.1\" 200") && l.contains("route=routes[5]") && l.contains(&format!("upstream=a/{}", a.addr)) && l.contains("uct=")) }).await,
+        eventually(std::time::Duration::from_secs(3), || async {
+            get(gw.admin_port, "localhost", "/status").await.json()["in_flight"] == 0
+        })
+        .await
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            gw.log().lines().any(|l| {
+                l.contains("\"GET /a/logged HTTP/1.1\" 200")
+                    && l.contains("route=routes[5]")
+                    && l.contains(&format!("upstream=a/{}", a.addr))
+                    && l.contains("uct=")
+            })
+        })
+        .await,
         "access log line missing:\n{}",
         gw.log()
     );
@@ -145,11 +213,20 @@ async fn keepalive_client_gets_many_responses_on_one_connection() {
     let gw = Gateway::start(&config(&a, &b, ""));
     let mut c = H1Conn::connect(gw.port).await.unwrap();
     for i in 0..20 {
-        let r = c.request(&format!("GET /a/{i} HTTP/1.1\r\nHost: x\r\n\r\n")).await.unwrap();
+        let r = c
+            .request(&format!("GET /a/{i} HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap();
         assert_eq!(r.json()["path"], format!("/a/{i}"));
     }
-    let r = c.request("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let r = c
+        .request("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(r.status, 404, "a 404 keeps the connection usable");
-    let r = c.request("GET /a/after HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let r = c
+        .request("GET /a/after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
 }

@@ -11,7 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-fn config(dir: &std::path::Path, port: u16, admin: u16, a: &Backend, b: &Backend, extra_route: &str) -> String {
+fn config(
+    dir: &std::path::Path,
+    port: u16,
+    admin: u16,
+    a: &Backend,
+    b: &Backend,
+    extra_route: &str,
+) -> String {
     format!(
         r#"
 server:
@@ -46,11 +53,21 @@ fn upgrade(cfg: &std::path::Path) -> (bool, String) {
         .status()
         .unwrap();
     let out = std::fs::read_to_string(&log).unwrap_or_default();
-    (status.success(), out.lines().filter(|l| !l.contains("No incoming socket transfer")).collect::<Vec<_>>().join("\n"))
+    (
+        status.success(),
+        out.lines()
+            .filter(|l| !l.contains("No incoming socket transfer"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 fn read_pid(dir: &std::path::Path) -> i32 {
-    std::fs::read_to_string(dir.join("gw.pid")).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(dir.join("gw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[derive(Default)]
@@ -93,10 +110,17 @@ async fn three_upgrades_under_load_lose_nothing() {
                         }
                     }
                 }
-                match conn.as_mut().unwrap().request("GET /ka HTTP/1.1\r\nHost: x\r\n\r\n").await {
+                match conn
+                    .as_mut()
+                    .unwrap()
+                    .request("GET /ka HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                {
                     Ok(r) if r.status == 200 => {
                         t.ok.fetch_add(1, SeqCst);
-                        if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                        if r.header("connection")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                        {
                             conn = None;
                         }
                     }
@@ -115,10 +139,17 @@ async fn three_upgrades_under_load_lose_nothing() {
         let (stop, t) = (stop.clone(), t.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(SeqCst) {
-                match http(port, "GET /new HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await {
+                match http(
+                    port,
+                    "GET /new HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                {
                     Ok(r) if r.status == 200 => t.ok.fetch_add(1, SeqCst),
                     Ok(_) => t.failed.fetch_add(1, SeqCst),
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => t.refused.fetch_add(1, SeqCst),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        t.refused.fetch_add(1, SeqCst)
+                    }
                     Err(e) => {
                         eprintln!("new-connection request failed: {e}");
                         t.failed.fetch_add(1, SeqCst)
@@ -142,18 +173,23 @@ async fn three_upgrades_under_load_lose_nothing() {
                     return;
                 }
                 match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(m)))) if m.as_str() == msg => t.ws_echoes.fetch_add(1, SeqCst),
+                    Ok(Some(Ok(Message::Text(m)))) if m.as_str() == msg => {
+                        t.ws_echoes.fetch_add(1, SeqCst)
+                    }
                     Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
                         t.ws_clean_close.fetch_add(1, SeqCst);
                         return;
                     }
-                    Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(_)))) | Ok(Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {
+                    Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(_))))
+                    | Ok(Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {
                         t.ws_clean_close.fetch_add(1, SeqCst);
                         return;
                     }
                     // Closed at the end of the old process's grace period while a message was
                     // unread: the kernel answers with a reset. Counted and reported.
-                    Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Io(e)))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Io(e))))
+                        if e.kind() == std::io::ErrorKind::ConnectionReset =>
+                    {
                         t.ws_reset.fetch_add(1, SeqCst);
                         return;
                     }
@@ -174,17 +210,36 @@ async fn three_upgrades_under_load_lose_nothing() {
     for round in 0..3 {
         let before = t.ok.load(SeqCst);
         if round == 1 {
-            let changed = config(&dir, port, admin, &a, &b, "  - { match: { path: /version }, respond: { status: 200, body: \"v2\" } }\n");
+            let changed = config(
+                &dir,
+                port,
+                admin,
+                &a,
+                &b,
+                "  - { match: { path: /version }, respond: { status: 200, body: \"v2\" } }\n",
+            );
             std::fs::write(&cfg_path, changed).unwrap();
         }
         let cfg = cfg_path.clone();
-        let (ok, out) = tokio::task::spawn_blocking(move || upgrade(&cfg)).await.unwrap();
-        assert!(ok, "upgrade {round} failed:\n{out}\n--- first gateway log ---\n{}", first.log());
+        let (ok, out) = tokio::task::spawn_blocking(move || upgrade(&cfg))
+            .await
+            .unwrap();
+        assert!(
+            ok,
+            "upgrade {round} failed:\n{out}\n--- first gateway log ---\n{}",
+            first.log()
+        );
         let pid = read_pid(&dir);
-        assert!(!pids.contains(&pid), "a new process serves after upgrade {round}");
+        assert!(
+            !pids.contains(&pid),
+            "a new process serves after upgrade {round}"
+        );
         pids.push(pid);
         tokio::time::sleep(Duration::from_millis(700)).await;
-        assert!(t.ok.load(SeqCst) > before, "traffic flows after upgrade {round}");
+        assert!(
+            t.ok.load(SeqCst) > before,
+            "traffic flows after upgrade {round}"
+        );
     }
     // The changed route is live.
     let r = get(port, "x", "/version").await;
@@ -192,19 +247,38 @@ async fn three_upgrades_under_load_lose_nothing() {
 
     // A broken config: refused, nothing changes.
     let broken = dir.join("broken.yaml");
-    std::fs::write(&broken, config(&dir, port, admin, &a, &b, "  - { upstream: nope }\n")).unwrap();
+    std::fs::write(
+        &broken,
+        config(&dir, port, admin, &a, &b, "  - { upstream: nope }\n"),
+    )
+    .unwrap();
     let (ok, out) = upgrade(&broken);
     assert!(!ok, "{out}");
-    assert!(out.contains("routes[0].upstream: unknown upstream \"nope\""), "{out}");
-    assert_eq!(read_pid(&dir), *pids.last().unwrap(), "the old process is still on record");
-    assert_eq!(get(port, "x", "/version").await.text(), "v2", "and still serving");
+    assert!(
+        out.contains("routes[0].upstream: unknown upstream \"nope\""),
+        "{out}"
+    );
+    assert_eq!(
+        read_pid(&dir),
+        *pids.last().unwrap(),
+        "the old process is still on record"
+    );
+    assert_eq!(
+        get(port, "x", "/version").await.text(),
+        "v2",
+        "and still serving"
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, SeqCst);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     }
-    let (ok, failed, refused) = (t.ok.load(SeqCst), t.failed.load(SeqCst), t.refused.load(SeqCst));
+    let (ok, failed, refused) = (
+        t.ok.load(SeqCst),
+        t.failed.load(SeqCst),
+        t.refused.load(SeqCst),
+    );
     eprintln!(
         "http ok={ok} failed={failed} refused={refused}; ws echoes={} clean closes={} resets at shutdown={} bad={}",
         t.ws_echoes.load(SeqCst),
@@ -215,30 +289,61 @@ async fn three_upgrades_under_load_lose_nothing() {
     assert!(ok > 500, "too little load to prove anything: {ok}");
     assert_eq!(failed, 0, "failed or reset HTTP requests");
     assert_eq!(refused, 0, "refused connections");
-    assert_eq!(t.ws_bad.load(SeqCst), 0, "WebSockets must echo or close cleanly");
+    assert_eq!(
+        t.ws_bad.load(SeqCst),
+        0,
+        "WebSockets must echo or close cleanly"
+    );
     assert!(t.ws_echoes.load(SeqCst) > 100);
-    assert_eq!(t.ws_clean_close.load(SeqCst) + t.ws_reset.load(SeqCst), 50, "every WebSocket on the first process ends when its grace period does");
+    assert_eq!(
+        t.ws_clean_close.load(SeqCst) + t.ws_reset.load(SeqCst),
+        50,
+        "every WebSocket on the first process ends when its grace period does"
+    );
 
     // The first process drained and exited by itself after the grace period.
-    assert!(first.wait_exit(Duration::from_secs(20)).is_some(), "old process still running");
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).is_some(),
+        "old process still running"
+    );
     // SIGTERM on the current one: stops accepting, exits within grace + shutdown timeout.
     let last = read_pid(&dir);
     // A slow request in flight when SIGTERM arrives still completes (within the 1 s grace
     // period: Pingora drops what is left when it ends).
-    let slow = tokio::spawn(async move { http(port, "GET /sleep/600 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
+    let slow = tokio::spawn(async move {
+        http(
+            port,
+            "GET /sleep/600 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     unsafe_kill(last, "TERM");
     let r = slow.await.unwrap().expect("in-flight request answered");
     assert_eq!(r.status, 200, "in-flight request finished after SIGTERM");
-    let gone = eventually(Duration::from_secs(15), || async move { std::process::Command::new("kill").args(["-0", &last.to_string()]).status().map(|s| !s.success()).unwrap_or(true) }).await;
+    let gone = eventually(Duration::from_secs(15), || async move {
+        std::process::Command::new("kill")
+            .args(["-0", &last.to_string()])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+    })
+    .await;
     assert!(gone, "SIGTERM did not stop {last}");
-    assert!(t0.elapsed() < Duration::from_secs(12), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        t0.elapsed()
+    );
     for p in pids {
         unsafe_kill(p, "KILL");
     }
 }
 
 fn unsafe_kill(pid: i32, sig: &str) {
-    let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }

@@ -21,10 +21,16 @@ routes:
     )
 }
 
-async fn echo(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, text: &str) -> String {
+async fn echo(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    text: &str,
+) -> String {
     ws.send(Message::Text(text.into())).await.expect("send");
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo within 5 s") {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo within 5 s")
+        {
             Some(Ok(Message::Text(t))) => return t.to_string(),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("unexpected {other:?}"),
@@ -52,7 +58,9 @@ async fn websocket_echo_through_the_gateway() {
         let m = format!("message {i} {}", "x".repeat(i * 100));
         assert_eq!(echo(&mut ws, &m).await, m);
     }
-    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into())).await.unwrap();
+    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into()))
+        .await
+        .unwrap();
     match ws.next().await {
         Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], &[0u8, 1, 2, 255]),
         other => panic!("{other:?}"),
@@ -90,11 +98,13 @@ async fn short_idle_timeout_closes_an_idle_websocket() {
     }
     // ...silence in both directions closes it.
     let t = Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut ws))
-    .await;
+    let end = tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut ws)).await;
     assert!(end.is_ok(), "idle WebSocket was not closed within 5 s");
     let waited = t.elapsed();
-    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(3), "closed after {waited:?}, want about 1 s");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "closed after {waited:?}, want about 1 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,10 +130,16 @@ async fn configured_idle_timeout_is_honoured_both_ways() {
     let gw = Gateway::start(&ws_config(&b, ", timeouts: { idle: 3s }"));
     let mut ws = ws_connect(gw.port, "x", "/ws").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(echo(&mut ws, "still here after 2 s").await, "still here after 2 s");
+    assert_eq!(
+        echo(&mut ws, "still here after 2 s").await,
+        "still here after 2 s"
+    );
     let t = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(8), wait_closed(&mut ws))
-    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(8), wait_closed(&mut ws)).await;
     assert!(closed.is_ok(), "not closed after 8 s");
-    assert!(t.elapsed() >= Duration::from_millis(2500), "closed too early: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
 }

@@ -21,9 +21,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid duration \"{s}\": expected a number followed by ms, s, m, h or d"));
+        return Err(format!(
+            "invalid duration \"{s}\": expected a number followed by ms, s, m, h or d"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration \"{s}\": number too large"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration \"{s}\": number too large"))?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1000),
@@ -31,10 +35,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
         other => {
-            return Err(format!("invalid duration \"{s}\": unknown unit \"{other}\" (use ms, s, m, h or d)"))
+            return Err(format!(
+                "invalid duration \"{s}\": unknown unit \"{other}\" (use ms, s, m, h or d)"
+            ))
         }
     };
-    ms.map(Duration::from_millis).ok_or_else(|| format!("invalid duration \"{s}\": too large"))
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("invalid duration \"{s}\": too large"))
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -49,7 +56,9 @@ impl<'de> Deserialize<'de> for Dur {
                 Ok(Dur(Duration::from_secs(v)))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v).map(|v| Dur(Duration::from_secs(v))).map_err(|_| E::custom("a duration cannot be negative"))
+                u64::try_from(v)
+                    .map(|v| Dur(Duration::from_secs(v)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
                 parse_duration(v).map(Dur).map_err(E::custom)
@@ -86,7 +95,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(parse_duration("ten seconds").unwrap_err().contains("invalid duration"));
+        assert!(parse_duration("ten seconds")
+            .unwrap_err()
+            .contains("invalid duration"));
         assert!(parse_duration("10y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999s").is_err());

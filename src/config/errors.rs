@@ -23,11 +23,17 @@ pub struct Issues {
 impl Issues {
     /// Records an error at `path`.
     pub fn error(&mut self, path: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(Issue { path: path.into(), reason: reason.into() });
+        self.errors.push(Issue {
+            path: path.into(),
+            reason: reason.into(),
+        });
     }
     /// Records a warning at `path`.
     pub fn warn(&mut self, path: impl Into<String>, reason: impl Into<String>) {
-        self.warnings.push(Issue { path: path.into(), reason: reason.into() });
+        self.warnings.push(Issue {
+            path: path.into(),
+            reason: reason.into(),
+        });
     }
 }
 

@@ -38,7 +38,13 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: serde_yaml::Mapping::new(),
-            listeners: vec![ListenerConf { address: "0.0.0.0:8080".into(), tls: None, http2: false, redirect_https: false }],
+            listeners: vec![ListenerConf {
+                address: "0.0.0.0:8080".into(),
+                tls: None,
+                http2: false,
+                redirect_https: false,
+                read_buffer: None,
+            }],
             base_dir: None,
             admin: AdminConf::default(),
             forwarded: ForwardedConf::default(),
@@ -63,6 +69,11 @@ pub struct ListenerConf {
     /// Answer plain-HTTP requests with a 301 to the https URL (routes may opt out with `allow_http`).
     #[serde(default)]
     pub redirect_https: bool,
+    /// Bytes of the per-connection read buffer in front of the socket (default 0 for plain
+    /// HTTP: requests are read straight into their own buffers; 16384 for TLS, one record).
+    /// Every open connection holds it, idle WebSockets included.
+    #[serde(default)]
+    pub read_buffer: Option<usize>,
 }
 
 /// TLS of a listener.
@@ -107,7 +118,11 @@ pub struct UpstreamTlsConf {
 
 impl Default for UpstreamTlsConf {
     fn default() -> Self {
-        UpstreamTlsConf { sni: None, verify: true, ca_file: None }
+        UpstreamTlsConf {
+            sni: None,
+            verify: true,
+            ca_file: None,
+        }
     }
 }
 
@@ -123,7 +138,10 @@ pub struct AdminConf {
 
 impl Default for AdminConf {
     fn default() -> Self {
-        AdminConf { address: "127.0.0.1:9901".into(), enabled: true }
+        AdminConf {
+            address: "127.0.0.1:9901".into(),
+            enabled: true,
+        }
     }
 }
 
@@ -234,7 +252,12 @@ pub struct AffinityConf {
 
 impl Default for AffinityConf {
     fn default() -> Self {
-        AffinityConf { socketio: SocketIoSetting::Enabled(false), cookie: None, secret: None, max_sessions: 100_000 }
+        AffinityConf {
+            socketio: SocketIoSetting::Enabled(false),
+            cookie: None,
+            secret: None,
+            max_sessions: 100_000,
+        }
     }
 }
 
@@ -290,7 +313,13 @@ pub struct CookieConf {
 
 impl Default for CookieConf {
     fn default() -> Self {
-        CookieConf { name: "gw_affinity".into(), ttl: None, path: "/".into(), same_site: "Lax".into(), http_only: true }
+        CookieConf {
+            name: "gw_affinity".into(),
+            ttl: None,
+            path: "/".into(),
+            same_site: "Lax".into(),
+            http_only: true,
+        }
     }
 }
 
@@ -334,7 +363,13 @@ pub struct HealthCheckConf {
 
 impl Default for HealthCheckConf {
     fn default() -> Self {
-        HealthCheckConf { http: None, interval: Dur::secs(2), timeout: Dur::secs(1), fails: 2, passes: 1 }
+        HealthCheckConf {
+            http: None,
+            interval: Dur::secs(2),
+            timeout: Dur::secs(1),
+            fails: 2,
+            passes: 1,
+        }
     }
 }
 
@@ -352,7 +387,11 @@ pub struct HttpCheckConf {
 
 impl Default for HttpCheckConf {
     fn default() -> Self {
-        HttpCheckConf { path: "/".into(), expect_status: 200, host: "localhost".into() }
+        HttpCheckConf {
+            path: "/".into(),
+            expect_status: 200,
+            host: "localhost".into(),
+        }
     }
 }
 
@@ -368,7 +407,10 @@ pub struct PassiveConf {
 
 impl Default for PassiveConf {
     fn default() -> Self {
-        PassiveConf { max_fails: 3, fail_timeout: Dur::secs(30) }
+        PassiveConf {
+            max_fails: 3,
+            fail_timeout: Dur::secs(30),
+        }
     }
 }
 
@@ -392,7 +434,13 @@ pub struct TimeoutsConf {
 
 impl Default for TimeoutsConf {
     fn default() -> Self {
-        TimeoutsConf { connect: Dur::secs(5), read: Dur::secs(60), write: Dur::secs(60), idle: Dur::secs(3600), keepalive: Dur::secs(4) }
+        TimeoutsConf {
+            connect: Dur::secs(5),
+            read: Dur::secs(60),
+            write: Dur::secs(60),
+            idle: Dur::secs(3600),
+            keepalive: Dur::secs(4),
+        }
     }
 }
 
@@ -454,7 +502,11 @@ pub struct RespondConf {
 
 impl Default for RespondConf {
     fn default() -> Self {
-        RespondConf { status: 200, body: String::new(), headers: BTreeMap::new() }
+        RespondConf {
+            status: 200,
+            body: String::new(),
+            headers: BTreeMap::new(),
+        }
     }
 }
 

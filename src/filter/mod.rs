@@ -24,12 +24,22 @@ pub trait Filter: Send + Sync {
     }
 
     /// Just before the request goes to the backend: edit its headers or path.
-    async fn upstream_request(&self, _session: &mut Session, _req: &mut RequestHeader, _ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request(
+        &self,
+        _session: &mut Session,
+        _req: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
         Ok(())
     }
 
     /// Just before the response goes to the client: edit its headers.
-    async fn response(&self, _session: &mut Session, _resp: &mut ResponseHeader, _ctx: &mut Ctx) -> Result<()> {
+    async fn response(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
         Ok(())
     }
 
@@ -38,7 +48,8 @@ pub trait Filter: Send + Sync {
 }
 
 /// Builds a filter from its `config:` value; errors explain what is wrong with the config.
-pub type Factory = Arc<dyn Fn(&serde_yaml::Value) -> std::result::Result<Arc<dyn Filter>, String> + Send + Sync>;
+pub type Factory =
+    Arc<dyn Fn(&serde_yaml::Value) -> std::result::Result<Arc<dyn Filter>, String> + Send + Sync>;
 
 /// Filters available to the config, by name.
 #[derive(Clone)]
@@ -55,25 +66,39 @@ impl Default for Registry {
 impl Registry {
     /// A registry with the built-in filters (`request_id`).
     pub fn new() -> Registry {
-        let mut r = Registry { factories: BTreeMap::new() };
-        r.register("request_id", |v| RequestId::from_config(v).map(|f| Arc::new(f) as Arc<dyn Filter>));
+        let mut r = Registry {
+            factories: BTreeMap::new(),
+        };
+        r.register("request_id", |v| {
+            RequestId::from_config(v).map(|f| Arc::new(f) as Arc<dyn Filter>)
+        });
         r
     }
 
     /// Makes a filter available under `name` (replacing any filter of that name).
     pub fn register<F>(&mut self, name: &str, factory: F) -> &mut Self
     where
-        F: Fn(&serde_yaml::Value) -> std::result::Result<Arc<dyn Filter>, String> + Send + Sync + 'static,
+        F: Fn(&serde_yaml::Value) -> std::result::Result<Arc<dyn Filter>, String>
+            + Send
+            + Sync
+            + 'static,
     {
         self.factories.insert(name.to_string(), Arc::new(factory));
         self
     }
 
     /// Builds the filter `name` with `config`.
-    pub fn build(&self, name: &str, config: &serde_yaml::Value) -> std::result::Result<Arc<dyn Filter>, String> {
+    pub fn build(
+        &self,
+        name: &str,
+        config: &serde_yaml::Value,
+    ) -> std::result::Result<Arc<dyn Filter>, String> {
         match self.factories.get(name) {
             Some(f) => f(config),
-            None => Err(format!("unknown filter \"{name}\" (registered: {})", self.names().join(", "))),
+            None => Err(format!(
+                "unknown filter \"{name}\" (registered: {})",
+                self.names().join(", ")
+            )),
         }
     }
 

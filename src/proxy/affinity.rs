@@ -85,7 +85,9 @@ pub struct Tagged {
 fn json_number(s: &str, key: &str) -> Option<u64> {
     let i = s.find(key)? + key.len();
     let rest = s[i..].trim_start();
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -102,7 +104,9 @@ fn tag_open_packet(packet: &str, tag: &str) -> Option<(String, String, Option<u6
     if sid.is_empty() || sid.len() > MAX_SID_LEN || sid.contains(['\\', '.']) {
         return None;
     }
-    let heartbeat = json_number(json, "\"pingInterval\":").zip(json_number(json, "\"pingTimeout\":")).map(|(a, b)| a + b);
+    let heartbeat = json_number(json, "\"pingInterval\":")
+        .zip(json_number(json, "\"pingTimeout\":"))
+        .map(|(a, b)| a + b);
     let mut out = String::with_capacity(packet.len() + 1 + tag.len());
     out.push('0');
     out.push_str(&json[..start + len]);
@@ -124,7 +128,11 @@ pub fn tag_handshake(body: &[u8], tag: &str) -> Option<Tagged> {
         let (new, sid, heartbeat_ms) = tag_open_packet(packet, tag)?;
         let mut out = new.into_bytes();
         out.extend_from_slice(rest.as_bytes());
-        return Some(Tagged { body: out, sid, heartbeat_ms });
+        return Some(Tagged {
+            body: out,
+            sid,
+            heartbeat_ms,
+        });
     }
     // EIO3 string payload: <length in characters>:<packet>...
     let colon = text.find(':')?;
@@ -138,7 +146,11 @@ pub fn tag_handshake(body: &[u8], tag: &str) -> Option<Tagged> {
     let (new, sid, heartbeat_ms) = tag_open_packet(packet, tag)?;
     let mut out = format!("{}:{}", new.chars().count(), new).into_bytes();
     out.extend_from_slice(rest.as_bytes());
-    Some(Tagged { body: out, sid, heartbeat_ms })
+    Some(Tagged {
+        body: out,
+        sid,
+        heartbeat_ms,
+    })
 }
 
 /// The `400 Session ID unknown` body engine.io itself sends, so clients reconnect.
@@ -146,7 +158,8 @@ pub const SESSION_UNKNOWN: &[u8] = br#"{"code":1,"message":"Session ID unknown"}
 
 /// Whether a backend's 400 body is engine.io's "Session ID unknown".
 pub fn is_session_unknown(body: &[u8]) -> bool {
-    body.windows(b"Session ID unknown".len()).any(|w| w == b"Session ID unknown")
+    body.windows(b"Session ID unknown".len())
+        .any(|w| w == b"Session ID unknown")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -169,7 +182,10 @@ pub struct SidTable {
 impl SidTable {
     /// A table holding at most about `capacity` sessions.
     pub fn new(capacity: usize) -> SidTable {
-        SidTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), per_shard: capacity.div_ceil(SHARDS).max(1) }
+        SidTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
     }
 
     /// The table key of `sid`.
@@ -178,7 +194,9 @@ impl SidTable {
     }
 
     fn shard(&self, k: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
-        self.shards[(k as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[(k as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records that `sid` lives on `backend`; `ttl_ms` of silence expires it.
@@ -194,7 +212,14 @@ impl SidTable {
                 }
             }
         }
-        m.insert(k, Entry { backend: backend as u16, last_seen: now_ms, ttl: ttl_ms });
+        m.insert(
+            k,
+            Entry {
+                backend: backend as u16,
+                last_seen: now_ms,
+                ttl: ttl_ms,
+            },
+        );
     }
 
     /// The backend of `sid`, refreshing its expiry; expired entries are dropped.
@@ -222,7 +247,10 @@ impl SidTable {
 
     /// Number of entries (live or not yet swept).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|m| m.len()).unwrap_or(0)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
     }
 
     /// Whether the table is empty.
@@ -232,7 +260,14 @@ impl SidTable {
 
     /// Approximate heap bytes used (hash map buckets and control bytes).
     pub fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map(|m| m.capacity() * (std::mem::size_of::<(u64, Entry)>() + 1)).unwrap_or(0)).sum()
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .map(|m| m.capacity() * (std::mem::size_of::<(u64, Entry)>() + 1))
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 }
 
@@ -244,7 +279,10 @@ mod tests {
 
     #[test]
     fn finds_sid_and_handshakes() {
-        assert_eq!(sid_param(Some("EIO=4&transport=polling&sid=abc.defghijk")), Some("abc.defghijk"));
+        assert_eq!(
+            sid_param(Some("EIO=4&transport=polling&sid=abc.defghijk")),
+            Some("abc.defghijk")
+        );
         assert_eq!(sid_param(Some("EIO=4&transport=polling")), None);
         assert_eq!(sid_param(Some("sid=")), None);
         assert!(is_polling_handshake(Some("EIO=4&transport=polling&t=Nx")));
@@ -255,18 +293,39 @@ mod tests {
 
     #[test]
     fn splits_only_well_formed_tags() {
-        assert_eq!(split_tag("kB5Oqd_dgt28MwpTAAAA.abcdefgh"), Some(("kB5Oqd_dgt28MwpTAAAA", "abcdefgh")));
+        assert_eq!(
+            split_tag("kB5Oqd_dgt28MwpTAAAA.abcdefgh"),
+            Some(("kB5Oqd_dgt28MwpTAAAA", "abcdefgh"))
+        );
         assert_eq!(split_tag("kB5Oqd_dgt28MwpTAAAA"), None);
-        assert_eq!(split_tag("kB5Oqd.ABCDEFGH"), None, "upper case is not our alphabet");
+        assert_eq!(
+            split_tag("kB5Oqd.ABCDEFGH"),
+            None,
+            "upper case is not our alphabet"
+        );
         assert_eq!(split_tag("kB5Oqd.abc"), None, "too short");
         assert_eq!(split_tag(".abcdefgh"), None, "no sid before the tag");
-        assert_eq!(split_tag(&format!("{}.abcdefgh", "x".repeat(200))), None, "over-long sid");
+        assert_eq!(
+            split_tag(&format!("{}.abcdefgh", "x".repeat(200))),
+            None,
+            "over-long sid"
+        );
     }
 
     #[test]
     fn strips_the_tag_and_keeps_the_rest() {
-        assert_eq!(strip_sid_tag("/socket.io/", Some("EIO=4&transport=polling&t=1&sid=AAA.abcdefgh")).unwrap(), "/socket.io/?EIO=4&transport=polling&t=1&sid=AAA");
-        assert_eq!(strip_sid_tag("/socket.io/", Some("sid=AAA.abcdefgh&transport=websocket")).unwrap(), "/socket.io/?sid=AAA&transport=websocket");
+        assert_eq!(
+            strip_sid_tag(
+                "/socket.io/",
+                Some("EIO=4&transport=polling&t=1&sid=AAA.abcdefgh")
+            )
+            .unwrap(),
+            "/socket.io/?EIO=4&transport=polling&t=1&sid=AAA"
+        );
+        assert_eq!(
+            strip_sid_tag("/socket.io/", Some("sid=AAA.abcdefgh&transport=websocket")).unwrap(),
+            "/socket.io/?sid=AAA&transport=websocket"
+        );
         assert_eq!(strip_sid_tag("/socket.io/", Some("EIO=4&sid=AAA")), None);
     }
 
@@ -276,7 +335,10 @@ mod tests {
         assert_eq!(t.sid, "kB5Oqd_dgt28MwpTAAAA");
         assert_eq!(t.heartbeat_ms, Some(45000));
         let s = String::from_utf8(t.body).unwrap();
-        assert!(s.starts_with(r#"0{"sid":"kB5Oqd_dgt28MwpTAAAA.abcdefgh","upgrades""#), "{s}");
+        assert!(
+            s.starts_with(r#"0{"sid":"kB5Oqd_dgt28MwpTAAAA.abcdefgh","upgrades""#),
+            "{s}"
+        );
         assert_eq!(s.len(), EIO4.len() + 9);
         // A following record (0x1e separated) is kept.
         let two = format!("{EIO4}\u{1e}40");
@@ -291,14 +353,30 @@ mod tests {
         let t = tag_handshake(body.as_bytes(), "abcdefgh").unwrap();
         let s = String::from_utf8(t.body).unwrap();
         let new_len = packet.len() + 9;
-        assert!(s.starts_with(&format!("{new_len}:0{{\"sid\":\"abcdefghij0123456789.abcdefgh\"")), "{s}");
+        assert!(
+            s.starts_with(&format!(
+                "{new_len}:0{{\"sid\":\"abcdefghij0123456789.abcdefgh\""
+            )),
+            "{s}"
+        );
         assert!(s.ends_with("}2:40"), "{s}");
         assert_eq!(t.heartbeat_ms, Some(30000));
     }
 
     #[test]
     fn leaves_other_bodies_alone() {
-        for body in [&b"not an open packet"[..], b"", b"0", b"0[]", b"\x1f\x8b\x08\x00gzip", b"13:0{\"sid\":\"a\"}", b"999:0{\"sid\":\"x\"}", "0{\"sid\":\"bad\\\"q\"}".as_bytes(), b"4hello", &[0xff, 0xfe, 0x00]] {
+        for body in [
+            &b"not an open packet"[..],
+            b"",
+            b"0",
+            b"0[]",
+            b"\x1f\x8b\x08\x00gzip",
+            b"13:0{\"sid\":\"a\"}",
+            b"999:0{\"sid\":\"x\"}",
+            "0{\"sid\":\"bad\\\"q\"}".as_bytes(),
+            b"4hello",
+            &[0xff, 0xfe, 0x00],
+        ] {
             assert!(tag_handshake(body, "abcdefgh").is_none(), "{body:?}");
         }
     }

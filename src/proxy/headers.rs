@@ -45,25 +45,32 @@ pub struct HeaderRules {
 impl HeaderRules {
     /// Compiles rules, recording bad names or values under `path`.
     pub fn compile(conf: &HeaderRulesConf, path: &str, issues: &mut Issues) -> HeaderRules {
-        let pairs = |m: &std::collections::BTreeMap<String, String>, kind: &str, issues: &mut Issues| {
-            let mut out = Vec::new();
-            for (k, v) in m {
-                let at = format!("{path}.{kind}.{k}");
-                match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
-                    (Ok(n), Ok(v)) => out.push((n, v)),
-                    (Err(_), _) => issues.error(at, format!("invalid header name \"{k}\"")),
-                    (_, Err(_)) => issues.error(at, format!("invalid header value \"{v}\"")),
+        let pairs =
+            |m: &std::collections::BTreeMap<String, String>, kind: &str, issues: &mut Issues| {
+                let mut out = Vec::new();
+                for (k, v) in m {
+                    let at = format!("{path}.{kind}.{k}");
+                    match (
+                        HeaderName::try_from(k.as_str()),
+                        HeaderValue::try_from(v.as_str()),
+                    ) {
+                        (Ok(n), Ok(v)) => out.push((n, v)),
+                        (Err(_), _) => issues.error(at, format!("invalid header name \"{k}\"")),
+                        (_, Err(_)) => issues.error(at, format!("invalid header value \"{v}\"")),
+                    }
                 }
-            }
-            out
-        };
+                out
+            };
         let set = pairs(&conf.set, "set", issues);
         let add = pairs(&conf.add, "add", issues);
         let mut remove = Vec::new();
         for (i, k) in conf.remove.iter().enumerate() {
             match HeaderName::try_from(k.as_str()) {
                 Ok(n) => remove.push(n),
-                Err(_) => issues.error(format!("{path}.remove[{i}]"), format!("invalid header name \"{k}\"")),
+                Err(_) => issues.error(
+                    format!("{path}.remove[{i}]"),
+                    format!("invalid header name \"{k}\""),
+                ),
             }
         }
         HeaderRules { set, add, remove }
@@ -102,10 +109,18 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a.trim().parse().map_err(|_| format!("invalid IP network \"{s}\""))?;
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid IP network \"{s}\""))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("invalid prefix length in \"{s}\" (0..={max})"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid prefix length in \"{s}\" (0..={max})"))?,
             None => max,
         };
         Ok(Cidr { addr, prefix })
@@ -119,11 +134,19 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -194,7 +217,13 @@ impl Forwarded {
     }
 
     /// Writes the forwarded headers into the upstream request.
-    pub fn apply(&self, req: &mut RequestHeader, peer: Option<IpAddr>, tls: bool, local_port: Option<u16>) {
+    pub fn apply(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        local_port: Option<u16>,
+    ) {
         let trusted = peer.is_some_and(|p| self.is_trusted(p));
         if let Some(peer) = peer {
             let mut ip_buf = [0u8; 64];
@@ -281,7 +310,11 @@ mod tests {
     use super::*;
 
     fn fwd(trusted: &[&str], mode: XffMode) -> Forwarded {
-        let conf = ForwardedConf { trusted_proxies: trusted.iter().map(|s| s.to_string()).collect(), x_forwarded_for: mode, ..Default::default() };
+        let conf = ForwardedConf {
+            trusted_proxies: trusted.iter().map(|s| s.to_string()).collect(),
+            x_forwarded_for: mode,
+            ..Default::default()
+        };
         let mut issues = Issues::default();
         let f = Forwarded::compile(&conf, &mut issues);
         assert!(issues.errors.is_empty());
@@ -307,7 +340,9 @@ mod tests {
         assert!(c.contains("10.1.2.3".parse().unwrap()));
         assert!(!c.contains("11.0.0.1".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("127.0.0.1").unwrap().contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("::ffff:127.0.0.1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
     }
@@ -329,7 +364,10 @@ mod tests {
         let f = fwd(&["10.0.0.0/8"], XffMode::Append);
         let mut r = req(Some("1.2.3.4, 10.0.0.9"));
         f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), true, Some(443));
-        assert_eq!(h(&r, "x-forwarded-for"), Some("1.2.3.4, 10.0.0.9, 10.0.0.1"));
+        assert_eq!(
+            h(&r, "x-forwarded-for"),
+            Some("1.2.3.4, 10.0.0.9, 10.0.0.1")
+        );
         assert_eq!(h(&r, "x-real-ip"), Some("1.2.3.4"));
         assert_eq!(h(&r, "x-forwarded-proto"), Some("https"));
     }
@@ -362,6 +400,9 @@ mod tests {
         let mut bad = HeaderRulesConf::default();
         bad.set.insert("Bad Name".into(), "1".into());
         HeaderRules::compile(&bad, "routes[1].response_headers", &mut issues);
-        assert_eq!(issues.errors[0].path, "routes[1].response_headers.set.Bad Name");
+        assert_eq!(
+            issues.errors[0].path,
+            "routes[1].response_headers.set.Bad Name"
+        );
     }
 }

@@ -35,7 +35,13 @@ impl Gateway {
 }
 
 /// Writes a complete response (fixed responses, redirects, 404).
-async fn respond(session: &mut Session, status: u16, headers: &[(header::HeaderName, header::HeaderValue)], body: Bytes, rules: Option<&headers::HeaderRules>) -> Result<()> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    headers: &[(header::HeaderName, header::HeaderValue)],
+    body: Bytes,
+    rules: Option<&headers::HeaderRules>,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
     for (n, v) in headers {
         resp.append_header(n.clone(), v.clone())?;
@@ -45,7 +51,9 @@ async fn respond(session: &mut Session, status: u16, headers: &[(header::HeaderN
         r.apply(&mut resp);
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), body.is_empty() || head_only).await?;
+    session
+        .write_response_header(Box::new(resp), body.is_empty() || head_only)
+        .await?;
     if !body.is_empty() && !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -58,7 +66,10 @@ const MAX_HANDSHAKE_BODY: usize = 64 * 1024;
 const DEFAULT_SESSION_TTL_MS: u64 = 60_000;
 
 fn json_ct() -> (header::HeaderName, header::HeaderValue) {
-    (header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"))
+    (
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    )
 }
 
 /// Applies affinity to a request bound for `pool`: pins it to a backend (sid tag, sid table,
@@ -74,7 +85,10 @@ fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ct
                     None => (sid, None),
                 };
                 if tagged.is_none() && base.len() != sid.len() {
-                    log::debug!("upstream {}: sid {sid:?} has an unknown tag, routing it as untagged", pool.name);
+                    log::debug!(
+                        "upstream {}: sid {sid:?} has an unknown tag, routing it as untagged",
+                        pool.name
+                    );
                 }
                 let base = if tagged.is_some() { base } else { sid };
                 ctx.sid_key = Some(affinity::SidTable::key(base));
@@ -94,7 +108,10 @@ fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ct
         }
     }
     if let Some(c) = &aff.cookie {
-        if let Some(idx) = cookie(req, &c.name).filter(|v| affinity::is_tag(v)).and_then(|v| aff.backend_by_tag(v)) {
+        if let Some(idx) = cookie(req, &c.name)
+            .filter(|v| affinity::is_tag(v))
+            .and_then(|v| aff.backend_by_tag(v))
+        {
             if pool.backends[idx].usable() {
                 ctx.cookie_backend = Some(idx);
                 ctx.pinned.get_or_insert(idx);
@@ -107,7 +124,11 @@ fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ct
 /// The https URL of a plain-HTTP request: same host (port replaced) and path.
 fn https_location(req: &RequestHeader, https_port: Option<u16>) -> header::HeaderValue {
     let host = request_host(req);
-    let host = if host.starts_with('[') { host.find(']').map_or(host, |i| &host[..=i]) } else { host.rsplit_once(':').map_or(host, |(h, _)| h) };
+    let host = if host.starts_with('[') {
+        host.find(']').map_or(host, |i| &host[..=i])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
     let mut url = String::with_capacity(host.len() + 32);
     url.push_str("https://");
     url.push_str(host);
@@ -121,19 +142,31 @@ fn https_location(req: &RequestHeader, https_port: Option<u16>) -> header::Heade
 
 /// Host of the request: the Host header, or the URI authority (HTTP/2).
 fn request_host(req: &RequestHeader) -> &str {
-    req.headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri.authority().map(|a| a.as_str())).unwrap_or("")
+    req.headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Value of cookie `name` in the request's Cookie headers.
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k.trim() == name).then(|| v.trim())
-    })
+    req.headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
 }
 
 /// Value of parameter `name` in a query string (not percent-decoded).
@@ -182,12 +215,25 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let found = self.rt.router.find(request_host(req), req.uri.path());
         let Some((idx, route)) = found else {
-            respond(session, 404, &[(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"))], Bytes::from_static(b"404 no route\n"), None).await?;
+            respond(
+                session,
+                404,
+                &[(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain"),
+                )],
+                Bytes::from_static(b"404 no route\n"),
+                None,
+            )
+            .await?;
             return Ok(true);
         };
         ctx.route = Some(idx);
         if !self.rt.redirect_ports.is_empty() && !route.allow_http {
-            let port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
+            let port = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port());
             if port.is_some_and(|p| self.rt.redirect_ports.contains(&p)) {
                 let loc = https_location(session.req_header(), self.rt.https_port);
                 respond(session, 301, &[(header::LOCATION, loc)], Bytes::new(), None).await?;
@@ -206,14 +252,24 @@ impl ProxyHttp for Gateway {
                 if let Some(aff) = &p.affinity {
                     if !apply_affinity(p, aff, session.req_header(), ctx) {
                         log::info!("upstream {}: sid of {} names a backend that is down: Session ID unknown", p.name, session.req_header().uri);
-                        respond(session, 400, &[json_ct()], Bytes::from_static(affinity::SESSION_UNKNOWN), None).await?;
+                        respond(
+                            session,
+                            400,
+                            &[json_ct()],
+                            Bytes::from_static(affinity::SESSION_UNKNOWN),
+                            None,
+                        )
+                        .await?;
                         return Ok(true);
                     }
                 }
                 // Only the client_ip hash key needs the resolved client address.
-                if p.balance == crate::config::Balance::ConsistentHash && p.hash_key == HashKey::ClientIp {
+                if p.balance == crate::config::Balance::ConsistentHash
+                    && p.hash_key == HashKey::ClientIp
+                {
                     if let Some(peer) = peer_ip(session) {
-                        ctx.client_ip = Some(self.rt.forwarded.client_ip(peer, session.req_header()));
+                        ctx.client_ip =
+                            Some(self.rt.forwarded.client_ip(peer, session.req_header()));
                     }
                 }
                 if session.is_upgrade_req() {
@@ -224,11 +280,26 @@ impl ProxyHttp for Gateway {
                 }
                 Ok(false)
             }
-            Action::Respond { status, headers, body } => {
-                respond(session, *status, headers, body.clone(), Some(&route.response_headers)).await?;
+            Action::Respond {
+                status,
+                headers,
+                body,
+            } => {
+                respond(
+                    session,
+                    *status,
+                    headers,
+                    body.clone(),
+                    Some(&route.response_headers),
+                )
+                .await?;
                 Ok(true)
             }
-            Action::Redirect { status, to, keep_path } => {
+            Action::Redirect {
+                status,
+                to,
+                keep_path,
+            } => {
                 let mut location = to.clone();
                 if *keep_path {
                     let req = session.req_header();
@@ -242,8 +313,17 @@ impl ProxyHttp for Gateway {
                         location.push_str(q);
                     }
                 }
-                let loc = header::HeaderValue::try_from(location).map_err(|e| Error::because(ErrorType::InternalError, "bad redirect target", e))?;
-                respond(session, *status, &[(header::LOCATION, loc)], Bytes::new(), Some(&route.response_headers)).await?;
+                let loc = header::HeaderValue::try_from(location).map_err(|e| {
+                    Error::because(ErrorType::InternalError, "bad redirect target", e)
+                })?;
+                respond(
+                    session,
+                    *status,
+                    &[(header::LOCATION, loc)],
+                    Bytes::new(),
+                    Some(&route.response_headers),
+                )
+                .await?;
                 Ok(true)
             }
         }
@@ -260,7 +340,11 @@ impl ProxyHttp for Gateway {
         // A sid pin holds for retries too: no other node knows the session (if the node is
         // gone, the connect fails and the client gets "Session ID unknown"). A cookie pin is a
         // preference: a retry is balanced.
-        let pinned = if ctx.sid_pinned { ctx.pinned } else { ctx.pinned.take() };
+        let pinned = if ctx.sid_pinned {
+            ctx.pinned
+        } else {
+            ctx.pinned.take()
+        };
         if let Some(idx) = pinned {
             return Ok(self.use_backend(pool, idx, ctx));
         }
@@ -283,9 +367,20 @@ impl ProxyHttp for Gateway {
             (HashKey::Query(q), _) => query_param(req, q).map(str::as_bytes),
         };
         let Some(idx) = pool.select(key, ctx.tried) else {
-            log::warn!("upstream {}: no usable backend for {} {} ({} of {} up, {} tried)", pool.name, req.method, req.uri, pool.usable_count(), pool.backends.len(), ctx.attempts);
+            log::warn!(
+                "upstream {}: no usable backend for {} {} ({} of {} up, {} tried)",
+                pool.name,
+                req.method,
+                req.uri,
+                pool.usable_count(),
+                pool.backends.len(),
+                ctx.attempts
+            );
             let status = if ctx.attempts > 0 { 502 } else { 503 };
-            return Error::e_explain(ErrorType::HTTPStatus(status), format!("upstream {}: no usable backend", pool.name));
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                format!("upstream {}: no usable backend", pool.name),
+            );
         };
         Ok(self.use_backend(pool, idx, ctx))
     }
@@ -304,21 +399,45 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        let Some(route) = ctx.route.map(|r| self.rt.router.get(r)) else { return Ok(()) };
-        if let Some(pq) = route.rewrite.apply(upstream_request.uri.path(), upstream_request.uri.query()) {
-            let uri = http::Uri::try_from(pq).map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewritten path is not a valid URI", e))?;
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.map(|r| self.rt.router.get(r)) else {
+            return Ok(());
+        };
+        if let Some(pq) = route
+            .rewrite
+            .apply(upstream_request.uri.path(), upstream_request.uri.query())
+        {
+            let uri = http::Uri::try_from(pq).map_err(|e| {
+                Error::because(
+                    ErrorType::InvalidHTTPHeader,
+                    "rewritten path is not a valid URI",
+                    e,
+                )
+            })?;
             upstream_request.set_uri(uri);
         }
         if ctx.strip_tag {
-            if let Some(pq) = affinity::strip_sid_tag(upstream_request.uri.path(), upstream_request.uri.query()) {
-                let uri = http::Uri::try_from(pq).map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "sid rewrite", e))?;
+            if let Some(pq) =
+                affinity::strip_sid_tag(upstream_request.uri.path(), upstream_request.uri.query())
+            {
+                let uri = http::Uri::try_from(pq)
+                    .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "sid rewrite", e))?;
                 upstream_request.set_uri(uri);
             }
         }
-        let local_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
+        let local_port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        self.rt.forwarded.apply(upstream_request, peer_ip(session), tls, local_port);
+        self.rt
+            .forwarded
+            .apply(upstream_request, peer_ip(session), tls, local_port);
         route.request_headers.apply(upstream_request);
         for f in &route.filters {
             f.upstream_request(session, upstream_request, ctx).await?;
@@ -326,7 +445,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         ctx.response_time = ctx.peer_at.map(|t| t.elapsed());
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             self.rt.pools[p].report_success(b);
@@ -341,7 +465,12 @@ impl ProxyHttp for Gateway {
                 }
                 // engine.io's optional `io` cookie names the sid too.
                 for v in resp.headers.get_all(header::SET_COOKIE) {
-                    if let Some(sid) = v.to_str().ok().and_then(|c| c.strip_prefix("io=")).and_then(|c| c.split(';').next()) {
+                    if let Some(sid) = v
+                        .to_str()
+                        .ok()
+                        .and_then(|c| c.strip_prefix("io="))
+                        .and_then(|c| c.split(';').next())
+                    {
                         aff.table.insert(sid, b, DEFAULT_SESSION_TTL_MS, now_ms());
                     }
                 }
@@ -351,7 +480,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if ctx.tag_body {
             // The tagged body is longer; its length is known only once it has arrived.
             resp.remove_header(&header::CONTENT_LENGTH);
@@ -377,9 +511,17 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<Option<Duration>> {
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
         if ctx.check_unknown {
-            if let (Some(b), Some(key), Some((_, aff))) = (body.as_ref(), ctx.sid_key, self.affinity(ctx)) {
+            if let (Some(b), Some(key), Some((_, aff))) =
+                (body.as_ref(), ctx.sid_key, self.affinity(ctx))
+            {
                 if affinity::is_session_unknown(b) {
                     aff.table.remove_key(key);
                 }
@@ -392,7 +534,9 @@ impl ProxyHttp for Gateway {
             ctx.body_buf.extend_from_slice(&chunk);
         }
         if ctx.body_buf.len() > MAX_HANDSHAKE_BODY {
-            log::debug!("Socket.IO handshake body over {MAX_HANDSHAKE_BODY} bytes: passed through untagged");
+            log::debug!(
+                "Socket.IO handshake body over {MAX_HANDSHAKE_BODY} bytes: passed through untagged"
+            );
             ctx.tag_body = false;
             *body = Some(Bytes::from(std::mem::take(&mut ctx.body_buf)));
             return Ok(None);
@@ -401,15 +545,24 @@ impl ProxyHttp for Gateway {
             ctx.tag_body = false;
             let buf = std::mem::take(&mut ctx.body_buf);
             let tagged = match (self.affinity(ctx), ctx.backend) {
-                (Some((pool, aff)), Some(b)) => affinity::tag_handshake(&buf, &pool.backends[b].tag).inspect(|t| {
-                    aff.table.insert(&t.sid, b, t.heartbeat_ms.map_or(DEFAULT_SESSION_TTL_MS, |h| h + 5_000), now_ms());
-                }),
+                (Some((pool, aff)), Some(b)) => {
+                    affinity::tag_handshake(&buf, &pool.backends[b].tag).inspect(|t| {
+                        aff.table.insert(
+                            &t.sid,
+                            b,
+                            t.heartbeat_ms.map_or(DEFAULT_SESSION_TTL_MS, |h| h + 5_000),
+                            now_ms(),
+                        );
+                    })
+                }
                 _ => None,
             };
             *body = Some(match tagged {
                 Some(t) => Bytes::from(t.body),
                 None => {
-                    log::debug!("Socket.IO handshake body is not an open packet: passed through untagged");
+                    log::debug!(
+                        "Socket.IO handshake body is not an open packet: passed through untagged"
+                    );
                     Bytes::from(buf)
                 }
             });
@@ -421,8 +574,18 @@ impl ProxyHttp for Gateway {
         if ctx.session_lost {
             // The node that owns this Socket.IO session is unreachable: tell the client, so
             // it reconnects through the gateway to a live node.
-            let _ = respond(session, 400, &[json_ct()], Bytes::from_static(affinity::SESSION_UNKNOWN), None).await;
-            return FailToProxy { error_code: 400, can_reuse_downstream: false };
+            let _ = respond(
+                session,
+                400,
+                &[json_ct()],
+                Bytes::from_static(affinity::SESSION_UNKNOWN),
+                None,
+            )
+            .await;
+            return FailToProxy {
+                error_code: 400,
+                can_reuse_downstream: false,
+            };
         }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -440,35 +603,62 @@ impl ProxyHttp for Gateway {
                 log::debug!("failed to send error response to downstream: {e}");
             }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             let pool = &self.rt.pools[p];
             pool.report_failure(b);
             if ctx.sid_pinned {
-                log::warn!("upstream {} backend {} owning a Socket.IO session is unreachable: {e}", pool.name, peer);
+                log::warn!(
+                    "upstream {} backend {} owning a Socket.IO session is unreachable: {e}",
+                    pool.name,
+                    peer
+                );
                 ctx.session_lost = true;
                 e.set_retry(false);
                 return e;
             }
             // Nothing has been sent yet, so trying another backend is safe for any method.
             let more = ctx.attempts <= pool.retries && ctx.attempts < pool.backends.len();
-            log::warn!("upstream {} backend {} connect failed ({}): {}", pool.name, peer, if more { "retrying" } else { "giving up" }, e);
+            log::warn!(
+                "upstream {} backend {} connect failed ({}): {}",
+                pool.name,
+                peer,
+                if more { "retrying" } else { "giving up" },
+                e
+            );
             e.set_retry(more);
         }
         e
     }
 
-    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
         if e.esource() == &ErrorSource::Upstream {
             if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
                 self.rt.pools[p].report_failure(b);
             }
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -491,7 +681,9 @@ impl ProxyHttp for Gateway {
         }
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let ms = |d: Option<Duration>| d.map_or_else(|| "-".to_string(), |d| format!("{:.3}", d.as_secs_f64()));
+        let ms = |d: Option<Duration>| {
+            d.map_or_else(|| "-".to_string(), |d| format!("{:.3}", d.as_secs_f64()))
+        };
         let upstream = match (pool, ctx.backend) {
             (Some(p), Some(b)) => format!("{}/{}", p.name, p.backends[b].addr),
             (Some(p), None) => format!("{}/-", p.name),

@@ -4,11 +4,11 @@
 
 use crate::config::{Issues, RouteConf};
 use crate::filter::{Filter, Registry};
-use std::sync::Arc;
 use crate::proxy::headers::HeaderRules;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A host pattern.
 #[derive(Debug, Clone)]
@@ -53,9 +53,12 @@ pub enum Rewrite {
 impl Rewrite {
     /// The new path-and-query for `path` and `query`, or `None` when unchanged.
     pub fn apply(&self, path: &str, query: Option<&str>) -> Option<String> {
-        let Rewrite::Prefix { len, with } = self else { return None };
+        let Rewrite::Prefix { len, with } = self else {
+            return None;
+        };
         let rest = path.get(*len..).unwrap_or("");
-        let mut out = String::with_capacity(with.len() + rest.len() + 2 + query.map_or(0, |q| q.len() + 1));
+        let mut out =
+            String::with_capacity(with.len() + rest.len() + 2 + query.map_or(0, |q| q.len() + 1));
         out.push_str(with);
         if !out.ends_with('/') && !rest.starts_with('/') {
             out.push('/');
@@ -124,7 +127,11 @@ pub struct Route {
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.debug_struct("Route").field("name", &self.name).field("action", &self.action).field("filters", &self.filters.len()).finish()
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("action", &self.action)
+            .field("filters", &self.filters.len())
+            .finish()
     }
 }
 
@@ -166,7 +173,13 @@ fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> &'a str {
     let h = if host.starts_with('[') {
         host.find(']').map_or(host, |i| &host[..=i])
     } else {
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+        host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
     };
     let h = h.strip_suffix('.').unwrap_or(h);
     if !h.bytes().any(|b| b.is_ascii_uppercase()) || h.len() > buf.len() {
@@ -180,7 +193,12 @@ fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> &'a str {
 
 impl Router {
     /// Compiles routes; `pool_index` maps pool names to indices.
-    pub fn compile(confs: &[RouteConf], pool_index: &HashMap<String, usize>, filters: &Registry, issues: &mut Issues) -> Router {
+    pub fn compile(
+        confs: &[RouteConf],
+        pool_index: &HashMap<String, usize>,
+        filters: &Registry,
+        issues: &mut Issues,
+    ) -> Router {
         let mut routes = Vec::with_capacity(confs.len());
         for (i, rc) in confs.iter().enumerate() {
             if let Some(r) = compile_route(i, rc, pool_index, filters, issues) {
@@ -211,13 +229,22 @@ impl Router {
             .into_iter()
             .map(|(host, own)| {
                 let mut list: Vec<u32> = own;
-                list.extend(other.iter().copied().filter(|&i| routes[i as usize].matches_host(&host)));
+                list.extend(
+                    other
+                        .iter()
+                        .copied()
+                        .filter(|&i| routes[i as usize].matches_host(&host)),
+                );
                 list.sort_unstable();
                 list.dedup();
                 (host, list)
             })
             .collect();
-        Router { routes, by_host, other }
+        Router {
+            routes,
+            by_host,
+            other,
+        }
     }
 
     /// The first route matching `host` (a Host header value, port allowed) and `path`.
@@ -225,7 +252,11 @@ impl Router {
         let mut buf = [0u8; 256];
         let host = normalize_host(host, &mut buf);
         let candidates = self.by_host.get(host).unwrap_or(&self.other);
-        candidates.iter().map(|&i| i as usize).find(|&i| self.routes[i].matches(host, path)).map(|i| (i, &self.routes[i]))
+        candidates
+            .iter()
+            .map(|&i| i as usize)
+            .find(|&i| self.routes[i].matches(host, path))
+            .map(|i| (i, &self.routes[i]))
     }
 
     /// The route at `index`.
@@ -244,22 +275,38 @@ impl Router {
     }
 }
 
-fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, registry: &Registry, issues: &mut Issues) -> Option<Route> {
+fn compile_route(
+    i: usize,
+    rc: &RouteConf,
+    pool_index: &HashMap<String, usize>,
+    registry: &Registry,
+    issues: &mut Issues,
+) -> Option<Route> {
     let at = format!("routes[{i}]");
     let errors_before = issues.errors.len();
     let mut hosts = Vec::new();
     if let Some(hs) = &rc.matches.host {
         for (j, h) in hs.iter().enumerate() {
-            let key = if matches!(hs, crate::config::OneOrMany::One(_)) { format!("{at}.match.host") } else { format!("{at}.match.host[{j}]") };
+            let key = if matches!(hs, crate::config::OneOrMany::One(_)) {
+                format!("{at}.match.host")
+            } else {
+                format!("{at}.match.host[{j}]")
+            };
             let h = h.trim().to_ascii_lowercase();
             if let Some(suffix) = h.strip_prefix("*.") {
                 if suffix.is_empty() || suffix.contains('*') {
-                    issues.error(key, format!("invalid wildcard host \"{h}\" (use \"*.example.com\")"));
+                    issues.error(
+                        key,
+                        format!("invalid wildcard host \"{h}\" (use \"*.example.com\")"),
+                    );
                 } else {
                     hosts.push(HostPat::Suffix(format!(".{suffix}")));
                 }
             } else if h.is_empty() || h.contains(['*', '/', ' ']) {
-                issues.error(key, format!("invalid host \"{h}\" (an exact name or \"*.example.com\")"));
+                issues.error(
+                    key,
+                    format!("invalid host \"{h}\" (an exact name or \"*.example.com\")"),
+                );
             } else {
                 hosts.push(HostPat::Exact(h));
             }
@@ -267,12 +314,22 @@ fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, 
     }
     let path = match (&rc.matches.path, &rc.matches.path_prefix) {
         (Some(_), Some(_)) => {
-            issues.error(format!("{at}.match"), "set either path or path_prefix, not both");
+            issues.error(
+                format!("{at}.match"),
+                "set either path or path_prefix, not both",
+            );
             PathPat::Any
         }
         (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
-            let k = if rc.matches.path.is_some() { "path" } else { "path_prefix" };
-            issues.error(format!("{at}.match.{k}"), format!("must start with '/', got \"{p}\""));
+            let k = if rc.matches.path.is_some() {
+                "path"
+            } else {
+                "path_prefix"
+            };
+            issues.error(
+                format!("{at}.match.{k}"),
+                format!("must start with '/', got \"{p}\""),
+            );
             PathPat::Any
         }
         (Some(p), None) => PathPat::Exact(p.clone()),
@@ -284,9 +341,13 @@ fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, 
         _ => None,
     };
 
-    let actions = rc.upstream.is_some() as u8 + rc.respond.is_some() as u8 + rc.redirect.is_some() as u8;
+    let actions =
+        rc.upstream.is_some() as u8 + rc.respond.is_some() as u8 + rc.redirect.is_some() as u8;
     if actions != 1 {
-        issues.error(at.clone(), "needs exactly one of upstream, respond, redirect");
+        issues.error(
+            at.clone(),
+            "needs exactly one of upstream, respond, redirect",
+        );
         return None;
     }
     let action = if let Some(u) = &rc.upstream {
@@ -295,75 +356,150 @@ fn compile_route(i: usize, rc: &RouteConf, pool_index: &HashMap<String, usize>, 
             None => {
                 let mut known: Vec<&str> = pool_index.keys().map(String::as_str).collect();
                 known.sort_unstable();
-                issues.error(format!("{at}.upstream"), format!("unknown upstream \"{u}\" (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") }));
+                issues.error(
+                    format!("{at}.upstream"),
+                    format!(
+                        "unknown upstream \"{u}\" (defined: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
                 return None;
             }
         }
     } else if let Some(r) = &rc.respond {
         if !(100..=999).contains(&r.status) || (100..200).contains(&r.status) {
-            issues.error(format!("{at}.respond.status"), format!("invalid status {}", r.status));
+            issues.error(
+                format!("{at}.respond.status"),
+                format!("invalid status {}", r.status),
+            );
         }
         let mut headers = Vec::new();
         for (k, v) in &r.headers {
-            match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            match (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::try_from(v.as_str()),
+            ) {
                 (Ok(n), Ok(v)) => headers.push((n, v)),
-                _ => issues.error(format!("{at}.respond.headers.{k}"), "invalid header name or value"),
+                _ => issues.error(
+                    format!("{at}.respond.headers.{k}"),
+                    "invalid header name or value",
+                ),
             }
         }
-        Action::Respond { status: r.status, headers, body: Bytes::from(r.body.clone()) }
+        Action::Respond {
+            status: r.status,
+            headers,
+            body: Bytes::from(r.body.clone()),
+        }
     } else {
         let r = rc.redirect.as_ref()?;
         if ![301, 302, 303, 307, 308].contains(&r.status) {
-            issues.error(format!("{at}.redirect.status"), format!("must be 301, 302, 303, 307 or 308, got {}", r.status));
+            issues.error(
+                format!("{at}.redirect.status"),
+                format!("must be 301, 302, 303, 307 or 308, got {}", r.status),
+            );
         }
         if r.to.is_empty() || HeaderValue::try_from(r.to.as_str()).is_err() {
-            issues.error(format!("{at}.redirect.to"), format!("invalid redirect target \"{}\"", r.to));
+            issues.error(
+                format!("{at}.redirect.to"),
+                format!("invalid redirect target \"{}\"", r.to),
+            );
         }
-        Action::Redirect { status: r.status, to: r.to.clone(), keep_path: r.keep_path }
+        Action::Redirect {
+            status: r.status,
+            to: r.to.clone(),
+            keep_path: r.keep_path,
+        }
     };
 
     let is_proxy = matches!(action, Action::Proxy { .. });
     let rewrite = match (rc.strip_prefix, &rc.rewrite) {
         (true, Some(_)) => {
-            issues.error(format!("{at}.rewrite"), "set either strip_prefix or rewrite, not both");
+            issues.error(
+                format!("{at}.rewrite"),
+                "set either strip_prefix or rewrite, not both",
+            );
             Rewrite::None
         }
         (false, None) => Rewrite::None,
         _ if !is_proxy => {
-            issues.error(format!("{at}.{}", if rc.strip_prefix { "strip_prefix" } else { "rewrite" }), "only applies to routes with an upstream");
+            issues.error(
+                format!(
+                    "{at}.{}",
+                    if rc.strip_prefix {
+                        "strip_prefix"
+                    } else {
+                        "rewrite"
+                    }
+                ),
+                "only applies to routes with an upstream",
+            );
             Rewrite::None
         }
         (strip, with) => match prefix {
             None => {
-                issues.error(format!("{at}.{}", if strip { "strip_prefix" } else { "rewrite" }), "needs match.path_prefix");
+                issues.error(
+                    format!("{at}.{}", if strip { "strip_prefix" } else { "rewrite" }),
+                    "needs match.path_prefix",
+                );
                 Rewrite::None
             }
             Some(len) => {
                 let with = with.clone().unwrap_or_default();
                 if !with.is_empty() && !with.starts_with('/') {
-                    issues.error(format!("{at}.rewrite"), format!("must start with '/', got \"{with}\""));
+                    issues.error(
+                        format!("{at}.rewrite"),
+                        format!("must start with '/', got \"{with}\""),
+                    );
                 }
                 Rewrite::Prefix { len, with }
             }
         },
     };
-    let request_headers = HeaderRules::compile(&rc.request_headers, &format!("{at}.request_headers"), issues);
-    let response_headers = HeaderRules::compile(&rc.response_headers, &format!("{at}.response_headers"), issues);
+    let request_headers = HeaderRules::compile(
+        &rc.request_headers,
+        &format!("{at}.request_headers"),
+        issues,
+    );
+    let response_headers = HeaderRules::compile(
+        &rc.response_headers,
+        &format!("{at}.response_headers"),
+        issues,
+    );
     if !is_proxy && !request_headers.is_empty() {
-        issues.error(format!("{at}.request_headers"), "only applies to routes with an upstream");
+        issues.error(
+            format!("{at}.request_headers"),
+            "only applies to routes with an upstream",
+        );
     }
     let mut filters = Vec::new();
     for (j, f) in rc.filters.iter().enumerate() {
         match registry.build(&f.name, &f.config) {
             Ok(f) => filters.push(f),
-            Err(e) if registry.names().contains(&f.name.as_str()) => issues.error(format!("{at}.filters[{j}].config"), e),
+            Err(e) if registry.names().contains(&f.name.as_str()) => {
+                issues.error(format!("{at}.filters[{j}].config"), e)
+            }
             Err(e) => issues.error(format!("{at}.filters[{j}].name"), e),
         }
     }
     if issues.errors.len() != errors_before {
         return None;
     }
-    Some(Route { name: at, hosts, path, action, rewrite, request_headers, response_headers, filters, allow_http: rc.allow_http })
+    Some(Route {
+        name: at,
+        hosts,
+        path,
+        action,
+        rewrite,
+        request_headers,
+        response_headers,
+        filters,
+        allow_http: rc.allow_http,
+    })
 }
 
 #[cfg(test)]
@@ -402,7 +538,11 @@ routes:
         assert_eq!(r.find("API.Example.com:8080", "/v1/x").unwrap().0, 0);
         assert_eq!(r.find("api.example.com", "/v2/x").unwrap().0, 1);
         assert_eq!(r.find("deep.sub.example.com", "/").unwrap().0, 1);
-        assert_eq!(r.find("example.com", "/").unwrap().0, 3, "wildcard does not match the bare domain");
+        assert_eq!(
+            r.find("example.com", "/").unwrap().0,
+            3,
+            "wildcard does not match the bare domain"
+        );
         assert_eq!(r.find("other", "/exact").unwrap().0, 2);
         assert_eq!(r.find("other", "/exact/more").unwrap().0, 3);
         assert_eq!(pool_of(&r, "x", "/anything"), Some(0));
@@ -410,7 +550,8 @@ routes:
 
     #[test]
     fn no_match_is_none() {
-        let (r, _) = router("routes: [ { match: { host: a.com, path_prefix: /api/ }, upstream: a } ]");
+        let (r, _) =
+            router("routes: [ { match: { host: a.com, path_prefix: /api/ }, upstream: a } ]");
         assert!(r.find("a.com", "/other").is_none());
         assert!(r.find("b.com", "/api/").is_none());
         assert!(r.find("", "/api/").is_none());
@@ -418,7 +559,8 @@ routes:
 
     #[test]
     fn host_lists_and_ipv6_hosts() {
-        let (r, i) = router("routes: [ { match: { host: [a.com, b.com] }, upstream: b }, { upstream: a } ]");
+        let (r, i) =
+            router("routes: [ { match: { host: [a.com, b.com] }, upstream: b }, { upstream: a } ]");
         assert!(i.errors.is_empty());
         assert_eq!(pool_of(&r, "b.com", "/"), Some(1));
         assert_eq!(pool_of(&r, "[::1]:8080", "/"), Some(0));
@@ -426,13 +568,25 @@ routes:
 
     #[test]
     fn rewrite_and_strip() {
-        let strip = Rewrite::Prefix { len: 5, with: String::new() };
-        assert_eq!(strip.apply("/api/users", Some("a=1")).unwrap(), "/users?a=1");
+        let strip = Rewrite::Prefix {
+            len: 5,
+            with: String::new(),
+        };
+        assert_eq!(
+            strip.apply("/api/users", Some("a=1")).unwrap(),
+            "/users?a=1"
+        );
         assert_eq!(strip.apply("/api/", None).unwrap(), "/");
-        let strip_noslash = Rewrite::Prefix { len: 4, with: String::new() };
+        let strip_noslash = Rewrite::Prefix {
+            len: 4,
+            with: String::new(),
+        };
         assert_eq!(strip_noslash.apply("/api", None).unwrap(), "/");
         assert_eq!(strip_noslash.apply("/api/x", None).unwrap(), "/x");
-        let rw = Rewrite::Prefix { len: 5, with: "/v2/".into() };
+        let rw = Rewrite::Prefix {
+            len: 5,
+            with: "/v2/".into(),
+        };
         assert_eq!(rw.apply("/api/users", None).unwrap(), "/v2/users");
         assert!(Rewrite::None.apply("/x", None).is_none());
     }
@@ -472,7 +626,9 @@ routes:
     fn large_tables_bucket_by_host() {
         let mut y = String::from("routes:\n");
         for n in 0..2000 {
-            y.push_str(&format!("  - {{ match: {{ host: h{n}.example.com, path_prefix: /p/ }}, upstream: a }}\n"));
+            y.push_str(&format!(
+                "  - {{ match: {{ host: h{n}.example.com, path_prefix: /p/ }}, upstream: a }}\n"
+            ));
         }
         y.push_str("  - { match: { path_prefix: / }, upstream: b }\n");
         let (r, i) = router(&y);

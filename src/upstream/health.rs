@@ -48,7 +48,10 @@ impl HealthChecker {
                     c.peer_template.options.verify_hostname = t.verify;
                     c.peer_template.options.ca = t.ca.clone();
                 }
-                c.req.set_uri(http::Uri::try_from(path.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")));
+                c.req.set_uri(
+                    http::Uri::try_from(path.as_str())
+                        .unwrap_or_else(|_| http::Uri::from_static("/")),
+                );
                 c.peer_template.options.connection_timeout = Some(settings.timeout);
                 c.peer_template.options.read_timeout = Some(settings.timeout);
                 c.peer_template.options.total_connection_timeout = Some(settings.timeout);
@@ -66,12 +69,28 @@ impl HealthChecker {
                 Box::new(c)
             }
         };
-        let targets = pool.backends.iter().map(|b| LbBackend { addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(b.addr), weight: b.weight as usize, ext: Default::default() }).collect();
-        Some(HealthChecker { pool, settings, check, targets })
+        let targets = pool
+            .backends
+            .iter()
+            .map(|b| LbBackend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(b.addr),
+                weight: b.weight as usize,
+                ext: Default::default(),
+            })
+            .collect();
+        Some(HealthChecker {
+            pool,
+            settings,
+            check,
+            targets,
+        })
     }
 
     async fn round(&self, streaks: &mut [(u32, u32)]) {
-        let checks = self.targets.iter().map(|t| tokio::time::timeout(self.settings.timeout, self.check.check(t)));
+        let checks = self
+            .targets
+            .iter()
+            .map(|t| tokio::time::timeout(self.settings.timeout, self.check.check(t)));
         let results = futures_join_all(checks).await;
         for (i, res) in results.into_iter().enumerate() {
             let b = &self.pool.backends[i];
@@ -89,7 +108,11 @@ impl HealthChecker {
                         b.active_up.store(true, Relaxed);
                         // Verified healthy again: lift any passive ejection from its outage.
                         b.clear_ejection();
-                        log::warn!("upstream {} backend {} is healthy again", self.pool.name, b.addr);
+                        log::warn!(
+                            "upstream {} backend {} is healthy again",
+                            self.pool.name,
+                            b.addr
+                        );
                     }
                 }
                 Some(e) => {
@@ -97,9 +120,17 @@ impl HealthChecker {
                     *ok_streak = 0;
                     if b.active_up.load(Relaxed) && *fail_streak >= self.settings.fails {
                         b.active_up.store(false, Relaxed);
-                        log::warn!("upstream {} backend {} marked down: {e}", self.pool.name, b.addr);
+                        log::warn!(
+                            "upstream {} backend {} marked down: {e}",
+                            self.pool.name,
+                            b.addr
+                        );
                     } else {
-                        log::debug!("upstream {} backend {} check failed: {e}", self.pool.name, b.addr);
+                        log::debug!(
+                            "upstream {} backend {} check failed: {e}",
+                            self.pool.name,
+                            b.addr
+                        );
                     }
                 }
             }
@@ -128,12 +159,18 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
         }
     })
     .await;
-    out.into_iter().map(|o| o.expect("all futures completed")).collect()
+    out.into_iter()
+        .map(|o| o.expect("all futures completed"))
+        .collect()
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
-    async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
         // Backends start up; a first round before "ready" primes their state. A first-round
         // failure counts fully, so a backend that is down at start is not sent traffic.
         let mut streaks = vec![(0u32, 0u32); self.targets.len()];
@@ -141,7 +178,11 @@ impl BackgroundService for HealthChecker {
         for (i, (_, fails)) in streaks.iter().enumerate() {
             let b = &self.pool.backends[i];
             if *fails > 0 && b.active_up.swap(false, Relaxed) {
-                log::warn!("upstream {} backend {} is down at start", self.pool.name, b.addr);
+                log::warn!(
+                    "upstream {} backend {} is down at start",
+                    self.pool.name,
+                    b.addr
+                );
             }
         }
         ready.notify_ready();

@@ -7,12 +7,14 @@ mod select;
 
 pub use health::HealthChecker;
 
-use crate::config::{AffinityConf, Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf};
+use crate::config::{
+    AffinityConf, Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf,
+};
 use crate::proxy::affinity::SidTable;
 use http::HeaderValue;
-use std::collections::HashMap;
 use once_cell::sync::Lazy;
 use pingora_core::upstreams::peer::HttpPeer;
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -89,7 +91,11 @@ impl Backend {
 
     /// A peer to send one request to (upgrade requests get the idle timeout).
     pub fn peer(&self, upgrade: bool) -> Box<HttpPeer> {
-        Box::new(if upgrade { self.peer_upgrade.clone() } else { self.peer_http.clone() })
+        Box::new(if upgrade {
+            self.peer_upgrade.clone()
+        } else {
+            self.peer_http.clone()
+        })
     }
 }
 
@@ -134,7 +140,10 @@ pub struct Affinity {
 
 impl std::fmt::Debug for Affinity {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.debug_struct("Affinity").field("socketio_path", &self.socketio_path).field("cookie", &self.cookie.as_ref().map(|c| &c.name)).finish()
+        f.debug_struct("Affinity")
+            .field("socketio_path", &self.socketio_path)
+            .field("cookie", &self.cookie.as_ref().map(|c| &c.name))
+            .finish()
     }
 }
 
@@ -177,7 +186,11 @@ pub struct UpstreamTls {
 
 impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.debug_struct("UpstreamTls").field("sni", &self.sni).field("verify", &self.verify).field("ca", &self.ca.as_ref().map(|c| c.len())).finish()
+        f.debug_struct("UpstreamTls")
+            .field("sni", &self.sni)
+            .field("verify", &self.verify)
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
+            .finish()
     }
 }
 
@@ -216,28 +229,52 @@ pub fn fnv1a(data: &[u8], seed: u64) -> u64 {
 fn make_tag(pool: &str, addr: &SocketAddr, secret: &str) -> String {
     use crate::proxy::affinity::{TAG_ALPHABET, TAG_LEN};
     let h = fnv1a(format!("{secret}|{pool}|{addr}").as_bytes(), 0);
-    (0..TAG_LEN).map(|i| TAG_ALPHABET[((h >> (i * 5)) & 31) as usize] as char).collect()
+    (0..TAG_LEN)
+        .map(|i| TAG_ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
 }
 
-fn compile_affinity(c: &AffinityConf, backends: &[Backend], at: &str, issues: &mut Issues) -> Option<Affinity> {
+fn compile_affinity(
+    c: &AffinityConf,
+    backends: &[Backend],
+    at: &str,
+    issues: &mut Issues,
+) -> Option<Affinity> {
     let socketio_path = c.socketio.path();
     if let Some(p) = &socketio_path {
         if !p.starts_with('/') {
-            issues.error(format!("{at}.socketio.path"), format!("must start with '/', got \"{p}\""));
+            issues.error(
+                format!("{at}.socketio.path"),
+                format!("must start with '/', got \"{p}\""),
+            );
         }
     }
     if c.max_sessions == 0 {
         issues.error(format!("{at}.max_sessions"), "must be at least 1");
     }
     let cookie = c.cookie.as_ref().map(|k| {
-        if k.name.is_empty() || !k.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            issues.error(format!("{at}.cookie.name"), format!("invalid cookie name \"{}\"", k.name));
+        if k.name.is_empty()
+            || !k
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            issues.error(
+                format!("{at}.cookie.name"),
+                format!("invalid cookie name \"{}\"", k.name),
+            );
         }
         if !["Lax", "Strict", "None"].contains(&k.same_site.as_str()) {
-            issues.error(format!("{at}.cookie.same_site"), format!("must be Lax, Strict or None, got \"{}\"", k.same_site));
+            issues.error(
+                format!("{at}.cookie.same_site"),
+                format!("must be Lax, Strict or None, got \"{}\"", k.same_site),
+            );
         }
         if !k.path.starts_with('/') || k.path.contains([';', ' ']) {
-            issues.error(format!("{at}.cookie.path"), format!("invalid cookie path \"{}\"", k.path));
+            issues.error(
+                format!("{at}.cookie.path"),
+                format!("invalid cookie path \"{}\"", k.path),
+            );
         }
         let value = |b: &Backend, secure: bool| {
             let mut v = format!("{}={}; Path={}", k.name, b.tag, k.path);
@@ -265,29 +302,53 @@ fn compile_affinity(c: &AffinityConf, backends: &[Backend], at: &str, issues: &m
     let mut tags = HashMap::new();
     for (i, b) in backends.iter().enumerate() {
         if tags.insert(b.tag.clone(), i).is_some() {
-            issues.error(format!("{at}.secret"), "two backends got the same tag: change the secret");
+            issues.error(
+                format!("{at}.secret"),
+                "two backends got the same tag: change the secret",
+            );
         }
     }
-    Some(Affinity { socketio_path, cookie, table: SidTable::new(c.max_sessions.max(1)), tags })
+    Some(Affinity {
+        socketio_path,
+        cookie,
+        table: SidTable::new(c.max_sessions.max(1)),
+        tags,
+    })
 }
 
 fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     let (kind, arg) = s.split_once(':').map_or((s, ""), |(k, a)| (k, a.trim()));
     match (kind.trim(), arg) {
         ("client_ip", "") => Ok(HashKey::ClientIp),
-        ("header", a) if !a.is_empty() => http::header::HeaderName::try_from(a).map(HashKey::Header).map_err(|_| format!("invalid header name \"{a}\"")),
+        ("header", a) if !a.is_empty() => http::header::HeaderName::try_from(a)
+            .map(HashKey::Header)
+            .map_err(|_| format!("invalid header name \"{a}\"")),
         ("cookie", a) if !a.is_empty() => Ok(HashKey::Cookie(a.to_string())),
         ("query", a) if !a.is_empty() => Ok(HashKey::Query(a.to_string())),
-        _ => Err(format!("invalid hash_key \"{s}\" (client_ip, header:NAME, cookie:NAME or query:NAME)")),
+        _ => Err(format!(
+            "invalid hash_key \"{s}\" (client_ip, header:NAME, cookie:NAME or query:NAME)"
+        )),
     }
 }
 
 /// The SNI for a backend: the configured one, else the host of its address.
 fn sni_for(tls: &UpstreamTls, configured: &str) -> String {
-    tls.sni.clone().unwrap_or_else(|| configured.rsplit_once(':').map_or(configured, |(h, _)| h).trim_matches(['[', ']']).to_string())
+    tls.sni.clone().unwrap_or_else(|| {
+        configured
+            .rsplit_once(':')
+            .map_or(configured, |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_string()
+    })
 }
 
-fn base_peer(addr: SocketAddr, configured: &str, t: &TimeoutsConf, read: Dur, tls: Option<&UpstreamTls>) -> HttpPeer {
+fn base_peer(
+    addr: SocketAddr,
+    configured: &str,
+    t: &TimeoutsConf,
+    read: Dur,
+    tls: Option<&UpstreamTls>,
+) -> HttpPeer {
     let mut p = match tls {
         Some(tls) => {
             let mut p = HttpPeer::new(addr, true, sni_for(tls, configured));
@@ -319,21 +380,36 @@ impl Pool {
     }
 
     /// Builds a pool whose backends speak `tls` when given.
-    pub fn compile_with_tls(name: &str, c: &UpstreamConf, tls: Option<UpstreamTls>, issues: &mut Issues) -> Pool {
+    pub fn compile_with_tls(
+        name: &str,
+        c: &UpstreamConf,
+        tls: Option<UpstreamTls>,
+        issues: &mut Issues,
+    ) -> Pool {
         let at = format!("upstreams.{name}");
         if c.servers.is_empty() {
             issues.error(format!("{at}.servers"), "needs at least one server");
         }
         let mut backends: Vec<Backend> = Vec::new();
-        let secret = c.affinity.as_ref().and_then(|a| a.secret.as_deref()).unwrap_or("");
+        let secret = c
+            .affinity
+            .as_ref()
+            .and_then(|a| a.secret.as_deref())
+            .unwrap_or("");
         for (i, s) in c.servers.iter().enumerate() {
             let key = format!("{at}.servers[{i}]");
             if s.weight == 0 || s.weight > 1000 {
-                issues.error(format!("{key}.weight"), format!("must be 1..=1000, got {}", s.weight));
+                issues.error(
+                    format!("{key}.weight"),
+                    format!("must be 1..=1000, got {}", s.weight),
+                );
             }
             for addr in resolve(&s.address, &format!("{key}.address"), issues) {
                 if backends.iter().any(|b| b.addr == addr) {
-                    issues.error(format!("{key}.address"), format!("duplicate backend {addr}"));
+                    issues.error(
+                        format!("{key}.address"),
+                        format!("duplicate backend {addr}"),
+                    );
                     continue;
                 }
                 backends.push(Backend {
@@ -341,8 +417,20 @@ impl Pool {
                     configured: s.address.clone(),
                     weight: s.weight.clamp(1, 1000),
                     tag: make_tag(name, &addr, secret),
-                    peer_http: base_peer(addr, &s.address, &c.timeouts, c.timeouts.read, tls.as_ref()),
-                    peer_upgrade: base_peer(addr, &s.address, &c.timeouts, c.timeouts.idle, tls.as_ref()),
+                    peer_http: base_peer(
+                        addr,
+                        &s.address,
+                        &c.timeouts,
+                        c.timeouts.read,
+                        tls.as_ref(),
+                    ),
+                    peer_upgrade: base_peer(
+                        addr,
+                        &s.address,
+                        &c.timeouts,
+                        c.timeouts.idle,
+                        tls.as_ref(),
+                    ),
                     active_up: AtomicBool::new(true),
                     ejected_until: AtomicU64::new(0),
                     fails: AtomicU32::new(0),
@@ -361,14 +449,30 @@ impl Pool {
             HashKey::ClientIp
         });
         let t = &c.timeouts;
-        for (k, d) in [("connect", t.connect), ("read", t.read), ("write", t.write), ("idle", t.idle), ("keepalive", t.keepalive)] {
+        for (k, d) in [
+            ("connect", t.connect),
+            ("read", t.read),
+            ("write", t.write),
+            ("idle", t.idle),
+            ("keepalive", t.keepalive),
+        ] {
             check_duration(d, format!("{at}.timeouts.{k}"), issues);
         }
         if c.passive.max_fails > 0 {
-            check_duration(c.passive.fail_timeout, format!("{at}.passive.fail_timeout"), issues);
+            check_duration(
+                c.passive.fail_timeout,
+                format!("{at}.passive.fail_timeout"),
+                issues,
+            );
         }
-        let health_check = c.health_check.as_ref().map(|h| health_settings(h, &format!("{at}.health_check"), issues));
-        let affinity = c.affinity.as_ref().and_then(|a| compile_affinity(a, &backends, &format!("{at}.affinity"), issues));
+        let health_check = c
+            .health_check
+            .as_ref()
+            .map(|h| health_settings(h, &format!("{at}.health_check"), issues));
+        let affinity = c
+            .affinity
+            .as_ref()
+            .and_then(|a| compile_affinity(a, &backends, &format!("{at}.affinity"), issues));
         let wheel = select::smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
         Pool {
             name: name.to_string(),
@@ -393,7 +497,9 @@ impl Pool {
         let ok = |i: usize| (i >= 64 || exclude & (1 << i) == 0) && self.backends[i].usable();
         match (self.balance, key) {
             (Balance::ConsistentHash, Some(k)) => select::rendezvous(&self.backends, k, ok),
-            (Balance::LeastConn, _) => select::least_conn(&self.backends, self.rr.fetch_add(1, Relaxed), ok),
+            (Balance::LeastConn, _) => {
+                select::least_conn(&self.backends, self.rr.fetch_add(1, Relaxed), ok)
+            }
             (Balance::Random, _) => select::scan_wheel(&self.wheel, select::fast_random(), ok),
             _ => select::scan_wheel(&self.wheel, self.rr.fetch_add(1, Relaxed), ok),
         }
@@ -418,7 +524,13 @@ impl Pool {
         if n >= self.max_fails {
             b.ejected_until.store(now + self.fail_timeout_ms, Relaxed);
             b.fails.store(0, Relaxed);
-            log::warn!("upstream {} backend {} ejected for {} ms after {} failures", self.name, b.addr, self.fail_timeout_ms, n);
+            log::warn!(
+                "upstream {} backend {} ejected for {} ms after {} failures",
+                self.name,
+                b.addr,
+                self.fail_timeout_ms,
+                n
+            );
         }
     }
 
@@ -448,14 +560,26 @@ fn health_settings(h: &HealthCheckConf, at: &str, issues: &mut Issues) -> Health
     }
     let http = h.http.as_ref().map(|c| {
         if !c.path.starts_with('/') {
-            issues.error(format!("{at}.http.path"), format!("must start with '/', got \"{}\"", c.path));
+            issues.error(
+                format!("{at}.http.path"),
+                format!("must start with '/', got \"{}\"", c.path),
+            );
         }
         if !(100..=599).contains(&c.expect_status) {
-            issues.error(format!("{at}.http.expect_status"), format!("invalid status {}", c.expect_status));
+            issues.error(
+                format!("{at}.http.expect_status"),
+                format!("invalid status {}", c.expect_status),
+            );
         }
         (c.path.clone(), c.expect_status, c.host.clone())
     });
-    HealthCheckSettings { http, interval: h.interval.0, timeout: h.timeout.0, fails: h.fails.max(1), passes: h.passes.max(1) }
+    HealthCheckSettings {
+        http,
+        interval: h.interval.0,
+        timeout: h.timeout.0,
+        fails: h.fails.max(1),
+        passes: h.passes.max(1),
+    }
 }
 
 /// Resolves `host:port` (names via the system resolver) into addresses.
@@ -464,11 +588,17 @@ fn resolve(address: &str, at: &str, issues: &mut Issues) -> Vec<SocketAddr> {
         return vec![a];
     }
     let Some((host, port)) = address.rsplit_once(':') else {
-        issues.error(at, format!("invalid socket address \"{address}\" (expected host:port)"));
+        issues.error(
+            at,
+            format!("invalid socket address \"{address}\" (expected host:port)"),
+        );
         return Vec::new();
     };
     if host.is_empty() || port.parse::<u16>().is_err() || host.contains(['/', ' ']) {
-        issues.error(at, format!("invalid socket address \"{address}\" (expected host:port)"));
+        issues.error(
+            at,
+            format!("invalid socket address \"{address}\" (expected host:port)"),
+        );
         return Vec::new();
     }
     match address.to_socket_addrs() {

@@ -32,11 +32,17 @@ pub fn scan_wheel(wheel: &[u16], start: usize, ok: impl Fn(usize) -> bool) -> Op
         return None;
     }
     let start = start % n;
-    (0..n).map(|k| wheel[(start + k) % n] as usize).find(|&i| ok(i))
+    (0..n)
+        .map(|k| wheel[(start + k) % n] as usize)
+        .find(|&i| ok(i))
 }
 
 /// The acceptable backend with the fewest in-flight requests per weight; ties rotate.
-pub fn least_conn(backends: &[Backend], rotate: usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
+pub fn least_conn(
+    backends: &[Backend],
+    rotate: usize,
+    ok: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let n = backends.len();
     let mut best: Option<(u64, usize)> = None;
     for k in 0..n {
@@ -78,7 +84,10 @@ thread_local! {
 }
 
 fn seed() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
     let addr = &t as *const u64 as u64;
     fnv1a(&(t ^ addr).to_le_bytes(), 7) | 1
 }

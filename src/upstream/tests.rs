@@ -15,7 +15,11 @@ fn weighted_round_robin_is_smooth_and_exact() {
     let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1, weight: 1 }, { address: 127.0.0.1:2, weight: 3 } ] } }");
     let picks: Vec<usize> = (0..8).map(|_| p.select(None, 0).unwrap()).collect();
     assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 6);
-    assert_ne!(picks[..4], [1, 1, 1, 0], "smooth: the light backend is not starved to the end");
+    assert_ne!(
+        picks[..4],
+        [1, 1, 1, 0],
+        "smooth: the light backend is not starved to the end"
+    );
 }
 
 #[test]
@@ -47,7 +51,10 @@ fn passive_ejection_after_max_fails() {
 fn consistent_hash_is_stable_and_moves_only_lost_keys() {
     let p = pool("upstreams: { a: { balance: consistent_hash, servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] } }");
     let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
-    let before: Vec<usize> = keys.iter().map(|k| p.select(Some(k.as_bytes()), 0).unwrap()).collect();
+    let before: Vec<usize> = keys
+        .iter()
+        .map(|k| p.select(Some(k.as_bytes()), 0).unwrap())
+        .collect();
     for n in 0..3 {
         let share = before.iter().filter(|&&i| i == n).count();
         assert!(share > 50, "backend {n} got only {share} of 300 keys");
@@ -92,14 +99,28 @@ fn bad_pools_name_the_key() {
     Pool::compile("api", &cfg.upstreams["api"], &mut issues);
     let got: Vec<String> = issues.errors.iter().map(|e| e.to_string()).collect();
     assert!(got.contains(&"upstreams.api.servers[0].address: invalid socket address \"10.0.0.1\" (expected host:port)".to_string()), "{got:#?}");
-    assert!(got.iter().any(|e| e.starts_with("upstreams.api.servers[1].weight:")), "{got:#?}");
-    assert!(got.iter().any(|e| e.starts_with("upstreams.api.hash_key:")), "{got:#?}");
-    assert!(got.iter().any(|e| e.starts_with("upstreams.api.timeouts.connect:")), "{got:#?}");
+    assert!(
+        got.iter()
+            .any(|e| e.starts_with("upstreams.api.servers[1].weight:")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|e| e.starts_with("upstreams.api.hash_key:")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| e.starts_with("upstreams.api.timeouts.connect:")),
+        "{got:#?}"
+    );
 }
 
 #[test]
 fn names_resolve() {
     let p = pool("upstreams: { a: { servers: [ { address: localhost:3000 } ] } }");
     assert!(!p.backends.is_empty());
-    assert!(p.backends.iter().all(|b| b.addr.port() == 3000 && b.addr.ip().is_loopback()));
+    assert!(p
+        .backends
+        .iter()
+        .all(|b| b.addr.port() == 3000 && b.addr.ip().is_loopback()));
 }

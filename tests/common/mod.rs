@@ -48,7 +48,10 @@ pub fn free_port() -> u16 {
 pub fn unique_temp_dir(prefix: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
@@ -58,7 +61,10 @@ pub fn unique_temp_dir(prefix: &str) -> PathBuf {
 pub fn example_bin(name: &str) -> String {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    dir.join("examples").join(name).to_string_lossy().into_owned()
+    dir.join("examples")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Path of the gateway binary under test.
@@ -129,7 +135,9 @@ impl Gateway {
         while admin_port == port {
             admin_port = free_port();
         }
-        let yaml = template.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+        let yaml = template
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin_port.to_string());
         Self::start_with(&yaml, port, admin_port)
     }
 
@@ -151,7 +159,12 @@ impl Gateway {
         Self::try_start_with_args(yaml, port, admin_port, &[])
     }
 
-    pub fn try_start_with_args(yaml: &str, port: u16, admin_port: u16, extra_args: &[&str]) -> Result<Gateway, String> {
+    pub fn try_start_with_args(
+        yaml: &str,
+        port: u16,
+        admin_port: u16,
+        extra_args: &[&str],
+    ) -> Result<Gateway, String> {
         Self::try_start_bin(gateway_bin(), yaml, port, admin_port, extra_args)
     }
 
@@ -159,28 +172,54 @@ impl Gateway {
     pub fn start_bin(bin: &str, template: &str) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
-        let yaml = template.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+        let yaml = template
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin_port.to_string());
         Self::try_start_bin(bin, &yaml, port, admin_port, &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts `bin -c <file> extra_args...` and waits for its listeners.
-    pub fn try_start_bin(bin: &str, yaml: &str, port: u16, admin_port: u16, extra_args: &[&str]) -> Result<Gateway, String> {
+    pub fn try_start_bin(
+        bin: &str,
+        yaml: &str,
+        port: u16,
+        admin_port: u16,
+        extra_args: &[&str],
+    ) -> Result<Gateway, String> {
         let dir = unique_temp_dir("gateway-test");
         let config_path = dir.join("gateway.yaml");
         let log_path = dir.join("gateway.log");
-        fs::write(&config_path, yaml).map_err(|e| format!("write {}: {e}", config_path.display()))?;
-        let log = fs::File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
+        fs::write(&config_path, yaml)
+            .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+        let log = fs::File::create(&log_path)
+            .map_err(|e| format!("create {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(bin);
         cmd.arg("-c").arg(&config_path).args(extra_args);
-        cmd.current_dir(&dir).stdin(Stdio::null()).stdout(log).stderr(log2);
+        cmd.current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
         apply_rust_log(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("spawn {bin}: {e}"))?;
-        let mut gw = Gateway { port, admin_port, dir, config_path, log_path, child: Some(child) };
+        let mut gw = Gateway {
+            port,
+            admin_port,
+            dir,
+            config_path,
+            log_path,
+            child: Some(child),
+        };
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = gw.child.as_mut().unwrap().try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = gw
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .map_err(|e| e.to_string())?
+            {
                 let msg = format!(
                     "gateway exited during startup ({status}); config:\n{yaml}\n--- gateway log ---\n{}",
                     gw.log()
@@ -234,13 +273,21 @@ impl Gateway {
 
     /// Send a signal by name (e.g. "TERM", "QUIT", "HUP") using `kill -s`.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status();
-        assert!(matches!(st, Ok(s) if s.success()), "kill -s {sig} {} failed: {st:?}", self.pid());
+        let st = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status();
+        assert!(
+            matches!(st, Ok(s) if s.success()),
+            "kill -s {sig} {} failed: {st:?}",
+            self.pid()
+        );
     }
 
     /// `Some(exit status)` if the process has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -314,7 +361,9 @@ pub fn check_config_file(path: impl AsRef<Path>) -> (i32, String) {
     cmd.arg("-t").arg("-c").arg(path.as_ref());
     cmd.stdin(Stdio::null()).stdout(out).stderr(out2);
     apply_rust_log(&mut cmd);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", gateway_bin()));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", gateway_bin()));
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let status = loop {
         if let Some(s) = child.try_wait().expect("try_wait") {
@@ -325,7 +374,10 @@ pub fn check_config_file(path: impl AsRef<Path>) -> (i32, String) {
             let _ = child.wait();
             let output = fs::read_to_string(&out_path).unwrap_or_default();
             let _ = fs::remove_dir_all(&dir);
-            panic!("`gateway -t -c {}` did not exit within {STARTUP_TIMEOUT:?}; output:\n{output}", path.as_ref().display());
+            panic!(
+                "`gateway -t -c {}` did not exit within {STARTUP_TIMEOUT:?}; output:\n{output}",
+                path.as_ref().display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -348,18 +400,30 @@ pub struct Resp {
 impl Resp {
     /// First header with that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// All values of that header (case-insensitive), in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// Body parsed as JSON; panics with the response if it is not JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): status {} body {:?}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): status {} body {:?}",
+                self.status,
+                self.text()
+            )
+        })
     }
 
     /// Body as (lossy) UTF-8.
@@ -379,7 +443,10 @@ impl Resp {
 }
 
 fn timed_out(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out after {IO_TIMEOUT:?}"))
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} timed out after {IO_TIMEOUT:?}"),
+    )
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -393,9 +460,16 @@ async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<
     Ok(n)
 }
 
-async fn fill_or_eof<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, what: &str) -> io::Result<()> {
+async fn fill_or_eof<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    what: &str,
+) -> io::Result<()> {
     if fill(s, buf).await? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed while reading {what}")));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("connection closed while reading {what}"),
+        ));
     }
     Ok(())
 }
@@ -406,7 +480,11 @@ fn find_crlf2(buf: &[u8]) -> Option<usize> {
 
 /// Reads one response from `s`. `buf` holds bytes already read (and receives leftovers).
 /// Interim 1xx responses (except 101) are skipped.
-async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, head_request: bool) -> io::Result<Resp> {
+async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> io::Result<Resp> {
     loop {
         let head_end = loop {
             if let Some(p) = find_crlf2(buf) {
@@ -421,7 +499,10 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, head_
                     if buf.is_empty() {
                         "connection closed before any response bytes".to_string()
                     } else {
-                        format!("connection closed mid response head: {:?}", String::from_utf8_lossy(buf))
+                        format!(
+                            "connection closed mid response head: {:?}",
+                            String::from_utf8_lossy(buf)
+                        )
                     },
                 ));
             }
@@ -444,24 +525,32 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, head_
             if line.is_empty() {
                 continue;
             }
-            let (k, v) = line.split_once(':').ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
+            let (k, v) = line
+                .split_once(':')
+                .ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
         if (100..200).contains(&status) && status != 101 {
             continue; // interim response
         }
-        let mut resp = Resp { status, headers, body: Vec::new() };
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
         if head_request || status == 101 || status == 204 || status == 304 {
             return Ok(resp);
         }
-        let chunked = resp
-            .header_all("transfer-encoding")
-            .iter()
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("chunked")));
+        let chunked = resp.header_all("transfer-encoding").iter().any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("chunked"))
+        });
         if chunked {
             resp.body = read_chunked(s, buf).await?;
         } else if let Some(cl) = resp.header("content-length") {
-            let n: usize = cl.parse().map_err(|_| invalid(format!("bad content-length {cl:?}")))?;
+            let n: usize = cl
+                .parse()
+                .map_err(|_| invalid(format!("bad content-length {cl:?}")))?;
             while buf.len() < n {
                 fill_or_eof(s, buf, "response body").await?;
             }
@@ -491,7 +580,8 @@ async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io:
     loop {
         let line = read_line(s, buf).await?;
         let size_str = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+        let size = usize::from_str_radix(size_str, 16)
+            .map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
         if size == 0 {
             // trailers
             while !read_line(s, buf).await?.is_empty() {}
@@ -524,21 +614,34 @@ pub async fn http_bytes(port: u16, raw_request: &[u8]) -> io::Result<Resp> {
         let mut buf = Vec::new();
         read_response(&mut s, &mut buf, is_head(raw_request)).await
     };
-    tokio::time::timeout(IO_TIMEOUT, fut).await.map_err(|_| timed_out("http request"))?
+    tokio::time::timeout(IO_TIMEOUT, fut)
+        .await
+        .map_err(|_| timed_out("http request"))?
 }
 
-fn build_request(method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
+fn build_request(
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> Vec<u8> {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         r.push_str(&format!("{k}: {v}\r\n"));
     }
-    let has_len = headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding"));
+    let has_len = headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+    });
     if !body.is_empty() && !has_len {
         r.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
-    if close && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+    if close
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
         r.push_str("Connection: close\r\n");
     }
     r.push_str("\r\n");
@@ -559,7 +662,14 @@ pub async fn get_with(port: u16, host: &str, path: &str, extra_headers: &[(&str,
 
 /// Any method, with headers and body (Content-Length added when body is non-empty),
 /// `Connection: close` unless a Connection header is given. Panics on I/O error.
-pub async fn send(port: u16, method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+pub async fn send(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let raw = build_request(method, host, path, headers, body, true);
     http_bytes(port, &raw)
         .await
@@ -579,7 +689,10 @@ impl H1Conn {
             .await
             .map_err(|_| timed_out("connect"))??;
         let _ = stream.set_nodelay(true);
-        Ok(H1Conn { stream, buf: Vec::new() })
+        Ok(H1Conn {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Write `raw` and read exactly one response (10 s timeout).
@@ -592,7 +705,9 @@ impl H1Conn {
             self.stream.write_all(raw).await?;
             read_response(&mut self.stream, &mut self.buf, is_head(raw)).await
         };
-        tokio::time::timeout(IO_TIMEOUT, fut).await.map_err(|_| timed_out("http request"))?
+        tokio::time::timeout(IO_TIMEOUT, fut)
+            .await
+            .map_err(|_| timed_out("http request"))?
     }
 
     /// Keep-alive `GET path` with `Host: host`; panics on error.
@@ -610,9 +725,12 @@ impl H1Conn {
 
     /// Read one response without writing anything.
     pub async fn read_response(&mut self) -> io::Result<Resp> {
-        tokio::time::timeout(IO_TIMEOUT, read_response(&mut self.stream, &mut self.buf, false))
-            .await
-            .map_err(|_| timed_out("read response"))?
+        tokio::time::timeout(
+            IO_TIMEOUT,
+            read_response(&mut self.stream, &mut self.buf, false),
+        )
+        .await
+        .map_err(|_| timed_out("read response"))?
     }
 
     /// True if the peer has closed (or reset) the connection; waits up to `wait` for that.
@@ -659,12 +777,17 @@ impl std::fmt::Display for WsConnectError {
 }
 
 fn ws_err(message: String) -> WsConnectError {
-    WsConnectError { status: None, message }
+    WsConnectError {
+        status: None,
+        message,
+    }
 }
 
 /// Result variant of `ws_connect`.
 pub async fn try_ws_connect(port: u16, host: &str, path: &str) -> Result<Ws, WsConnectError> {
-    ws_connect_with(port, host, path, &[]).await.map(|(ws, _)| ws)
+    ws_connect_with(port, host, path, &[])
+        .await
+        .map(|(ws, _)| ws)
 }
 
 /// Handshake with extra request headers; returns the stream and the handshake response.
@@ -676,23 +799,39 @@ pub async fn ws_connect_with(
     headers: &[(&str, &str)],
 ) -> Result<(Ws, tungstenite::handshake::client::Response), WsConnectError> {
     let url = format!("ws://{host}{path}");
-    let mut req = url.as_str().into_client_request().map_err(|e| ws_err(format!("bad ws url {url}: {e}")))?;
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ws_err(format!("bad ws url {url}: {e}")))?;
     for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| ws_err(format!("bad header name {k}: {e}")))?;
-        let value = HeaderValue::from_str(v).map_err(|e| ws_err(format!("bad header value {v}: {e}")))?;
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| ws_err(format!("bad header name {k}: {e}")))?;
+        let value =
+            HeaderValue::from_str(v).map_err(|e| ws_err(format!("bad header value {v}: {e}")))?;
         req.headers_mut().append(name, value);
     }
     let fut = async {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| ws_err(format!("tcp connect: {e}")))?;
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| ws_err(format!("tcp connect: {e}")))?;
         let _ = stream.set_nodelay(true);
-        tokio_tungstenite::client_async(req, stream).await.map_err(|e| match e {
-            tungstenite::Error::Http(resp) => {
-                let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-                let status = resp.status().as_u16();
-                WsConnectError { status: Some(status), message: format!("handshake rejected: HTTP {status} body {body:?}") }
-            }
-            other => ws_err(format!("handshake failed: {other}")),
-        })
+        tokio_tungstenite::client_async(req, stream)
+            .await
+            .map_err(|e| match e {
+                tungstenite::Error::Http(resp) => {
+                    let body = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                    let status = resp.status().as_u16();
+                    WsConnectError {
+                        status: Some(status),
+                        message: format!("handshake rejected: HTTP {status} body {body:?}"),
+                    }
+                }
+                other => ws_err(format!("handshake failed: {other}")),
+            })
     };
     tokio::time::timeout(IO_TIMEOUT, fut)
         .await
@@ -702,7 +841,9 @@ pub async fn ws_connect_with(
 /// Next data message (Text/Binary/Close), skipping Ping/Pong; None when the stream ended. 10 s timeout (panics).
 pub async fn ws_recv(ws: &mut Ws) -> Option<Message> {
     loop {
-        let next = tokio::time::timeout(IO_TIMEOUT, ws.next()).await.expect("ws_recv timed out");
+        let next = tokio::time::timeout(IO_TIMEOUT, ws.next())
+            .await
+            .expect("ws_recv timed out");
         match next {
             None => return None,
             Some(Err(_)) => return None,
@@ -714,7 +855,9 @@ pub async fn ws_recv(ws: &mut Ws) -> Option<Message> {
 
 /// Send a text message and return the next text reply (panics on anything else).
 pub async fn ws_roundtrip(ws: &mut Ws, text: &str) -> String {
-    ws.send(Message::Text(text.to_string())).await.expect("ws send");
+    ws.send(Message::Text(text.to_string()))
+        .await
+        .expect("ws send");
     match ws_recv(ws).await {
         Some(Message::Text(t)) => t,
         other => panic!("expected a text reply to {text:?}, got {other:?}"),
