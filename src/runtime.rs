@@ -47,6 +47,9 @@ pub struct Runtime {
     pub redirect_ports: Vec<u16>,
     /// Port of the first TLS listener (the redirect target).
     pub https_port: Option<u16>,
+    /// The local port of a connection known from its TLS-ness alone: `[plain, tls]`, set when
+    /// there is exactly one listener of that kind (saves a `getsockname` per connection).
+    pub sole_port: [Option<u16>; 2],
     /// Admin listener, if enabled.
     pub admin: Option<SocketAddr>,
     /// Pingora's server settings.
@@ -225,11 +228,20 @@ impl Runtime {
         if !issues.errors.is_empty() {
             return Err(ConfigError::Invalid(issues.errors));
         }
+        let sole = |tls: bool| {
+            let mut it = listeners.iter().filter(|l| l.tls.is_some() == tls);
+            match (it.next(), it.next()) {
+                (Some(l), None) => Some(l.addr.port()),
+                _ => None,
+            }
+        };
+        let sole_port = [sole(false), sole(true)];
         Ok(Runtime {
             router,
             pools,
             forwarded,
             listeners,
+            sole_port,
             redirect_ports,
             https_port,
             admin,
@@ -254,6 +266,24 @@ mod tests {
             .map_err(|e| e.to_string())
             .expect("valid")
             .listeners
+    }
+
+    #[test]
+    fn sole_port_only_when_one_listener_of_the_kind() {
+        let rt = |y: &str| {
+            Runtime::compile_with(&Config::from_yaml(y).unwrap(), &Registry::default())
+                .map_err(|e| e.to_string())
+                .unwrap()
+        };
+        assert_eq!(
+            rt("listeners: [ { address: 127.0.0.1:8080 } ]\n").sole_port,
+            [Some(8080), None]
+        );
+        assert_eq!(
+            rt("listeners: [ { address: 127.0.0.1:8080 }, { address: 127.0.0.1:8081 } ]\n")
+                .sole_port,
+            [None, None]
+        );
     }
 
     #[test]

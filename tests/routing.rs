@@ -230,3 +230,28 @@ async fn keepalive_client_gets_many_responses_on_one_connection() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// With two plain listeners the port cannot come from the config: each connection reports the
+/// port it really reached (X-Forwarded-Port), on both listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_port_names_the_listener_reached() {
+    let b = Backend::start("b").await;
+    let second = free_port();
+    let gw = Gateway::start(&format!(
+        "listeners: [ {{ address: \"127.0.0.1:{{PORT}}\" }}, {{ address: \"127.0.0.1:{second}\" }} ]\nadmin: {{ address: \"127.0.0.1:{{ADMIN}}\" }}\nupstreams:\n  app: {{ servers: [ {{ address: \"{}\" }} ] }}\nroutes: [ {{ upstream: app }} ]\n",
+        b.addr
+    ));
+    let first = get(gw.port, "x.test", "/p").await.json();
+    assert_eq!(first["headers"]["x-forwarded-port"], gw.port.to_string());
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", second))
+                .await
+                .is_ok()
+        })
+        .await,
+        "second listener never accepted"
+    );
+    let other = get(second, "x.test", "/p").await.json();
+    assert_eq!(other["headers"]["x-forwarded-port"], second.to_string());
+}

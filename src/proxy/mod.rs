@@ -32,6 +32,22 @@ impl Gateway {
     pub fn new(rt: Arc<Runtime>) -> Gateway {
         Gateway { rt }
     }
+
+    /// The port the client connected to: from the config when only one listener can have
+    /// accepted this connection, else from the socket (a `getsockname`).
+    fn local_port(&self, session: &Session, tls: bool) -> Option<u16> {
+        self.rt.sole_port[tls as usize].or_else(|| {
+            session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port())
+        })
+    }
+}
+
+/// Whether the client connection is TLS.
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Writes a complete response (fixed responses, redirects, 404).
@@ -230,10 +246,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(idx);
         if !self.rt.redirect_ports.is_empty() && !route.allow_http {
-            let port = session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port());
+            let port = self.local_port(session, is_tls(session));
             if port.is_some_and(|p| self.rt.redirect_ports.contains(&p)) {
                 let loc = https_location(session.req_header(), self.rt.https_port);
                 respond(session, 301, &[(header::LOCATION, loc)], Bytes::new(), None).await?;
@@ -430,11 +443,8 @@ impl ProxyHttp for Gateway {
                 upstream_request.set_uri(uri);
             }
         }
-        let local_port = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.port());
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let tls = is_tls(session);
+        let local_port = self.local_port(session, tls);
         self.rt
             .forwarded
             .apply(upstream_request, peer_ip(session), tls, local_port);
@@ -496,7 +506,7 @@ impl ProxyHttp for Gateway {
         if let (Some((_, aff)), Some(b)) = (self.affinity(ctx), ctx.backend) {
             if let Some(c) = &aff.cookie {
                 if ctx.cookie_backend != Some(b) {
-                    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+                    let tls = is_tls(session);
                     resp.append_header(header::SET_COOKIE, c.set_cookie(b, tls).clone())?;
                 }
             }
