@@ -138,12 +138,10 @@ impl Runtime {
                 read_buffer,
             });
         }
-        let https_port = cfg
-            .listeners
+        let https_port = listeners
             .iter()
-            .zip(&listeners)
-            .find(|(c, _)| c.tls.is_some())
-            .map(|(_, l)| l.addr.port());
+            .find(|l| l.tls.is_some())
+            .map(|l| l.addr.port());
         if !redirect_ports.is_empty() && https_port.is_none() {
             issues.warn(
                 "listeners",
@@ -260,21 +258,15 @@ fn router_uses(router: &Router, pool: usize) -> bool {
 mod tests {
     use super::*;
 
-    fn listeners(yaml: &str) -> Vec<Listener> {
+    fn rt(yaml: &str) -> Runtime {
         let cfg = Config::from_yaml(yaml).expect("yaml");
         Runtime::compile_with(&cfg, &Registry::default())
             .map_err(|e| e.to_string())
             .expect("valid")
-            .listeners
     }
 
     #[test]
     fn sole_port_only_when_one_listener_of_the_kind() {
-        let rt = |y: &str| {
-            Runtime::compile_with(&Config::from_yaml(y).unwrap(), &Registry::default())
-                .map_err(|e| e.to_string())
-                .unwrap()
-        };
         assert_eq!(
             rt("listeners: [ { address: 127.0.0.1:8080 } ]\n").sole_port,
             [Some(8080), None]
@@ -288,7 +280,7 @@ mod tests {
 
     #[test]
     fn plain_listeners_hold_no_read_buffer_unless_asked() {
-        let l = listeners("listeners: [ { address: 127.0.0.1:8080 }, { address: 127.0.0.1:8081, read_buffer: 4096 } ]\n");
+        let l = rt("listeners: [ { address: 127.0.0.1:8080 }, { address: 127.0.0.1:8081, read_buffer: 4096 } ]\n").listeners;
         assert_eq!((l[0].read_buffer, l[1].read_buffer), (0, 4096));
     }
 }
