@@ -143,3 +143,151 @@ async fn configured_idle_timeout_is_honoured_both_ways() {
         t.elapsed()
     );
 }
+
+/// A raw upgrade backend: answers the first request with `101` and `greeting` in ONE write,
+/// then echoes every byte it receives prefixed with `echo:`.
+async fn raw_upgrade_backend(greeting: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // read the request header; keep what came after it
+                let rest = loop {
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break buf.split_off(i + 4);
+                    }
+                };
+                let mut head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+                head.extend_from_slice(greeting);
+                if s.write_all(&head).await.is_err() {
+                    return;
+                }
+                if !rest.is_empty() {
+                    let mut out = b"echo:".to_vec();
+                    out.extend_from_slice(&rest);
+                    let _ = s.write_all(&out).await;
+                }
+                loop {
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut out = b"echo:".to_vec();
+                    out.extend_from_slice(&chunk[..n]);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `s` until `want` has been seen (or 5 s pass); returns everything read.
+async fn read_until(s: &mut tokio::net::TcpStream, want: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got.windows(want.len()).any(|w| w == want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_arrive_with_the_upgrade_are_relayed_both_ways() {
+    // The server's first message in the same segment as its 101, and the client's first bytes
+    // in the same segment as its request: the relay that takes over after the 101 must deliver
+    // both (they were already read by the HTTP layer).
+    use tokio::io::AsyncWriteExt;
+    let addr = raw_upgrade_backend(b"hello-from-server").await;
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+upstreams: {{ raw: {{ servers: [ {{ address: "{addr}" }} ] }} }}
+routes: [ {{ upstream: raw }} ]
+"#
+    ));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until(&mut s, b"hello-from-server").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.ends_with("hello-from-server"), "{text}");
+    s.write_all(b"ping-1").await.unwrap();
+    let got = read_until(&mut s, b"echo:ping-1").await;
+    assert!(
+        String::from_utf8_lossy(&got).contains("echo:ping-1"),
+        "{got:?}"
+    );
+
+    // Client bytes pipelined right behind the upgrade request.
+    let mut s2 = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    s2.write_all(
+        b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly-client-bytes",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut s2, b"echo:early-client-bytes").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("hello-from-server"), "{text}");
+    assert!(text.contains("echo:early-client-bytes"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_websocket_releases_its_backend_and_logs_one_line() {
+    let b = Backend::start("node-1").await;
+    let gw = Gateway::start(&ws_config(&b, ""));
+    let mut ws = ws_connect(gw.port, "x", "/ws/logged").await;
+    assert_eq!(echo(&mut ws, "hi").await, "hi");
+    let in_flight = || async {
+        get(gw.admin_port, "localhost", "/status").await.json()["in_flight"]
+            .as_u64()
+            .unwrap_or(99)
+    };
+    assert_eq!(in_flight().await, 1, "an open WebSocket counts as in flight");
+    assert!(
+        !gw.log().contains("\"GET /ws/logged HTTP/1.1\" 101"),
+        "logged before it closed"
+    );
+    ws.close(None).await.unwrap();
+    wait_closed(&mut ws).await;
+    assert!(
+        eventually(Duration::from_secs(3), || async { in_flight().await == 0 }).await,
+        "in_flight stays above 0 after the WebSocket closed"
+    );
+    assert!(
+        gw.wait_log_contains("\"GET /ws/logged HTTP/1.1\" 101", Duration::from_secs(3)),
+        "{}",
+        gw.log()
+    );
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("/ws/logged"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(" upgrade up=") && line.contains("end="), "{line}");
+}

@@ -51,6 +51,8 @@ pub struct Ctx {
     pub cookie_backend: Option<usize>,
     /// The pinned backend was unreachable: answer "Session ID unknown".
     pub session_lost: bool,
+    /// The upgraded connection was handed to a detached relay (it logs when it closes).
+    pub detached: bool,
 }
 
 impl Ctx {
@@ -79,6 +81,7 @@ impl Ctx {
             body_buf: Vec::new(),
             cookie_backend: None,
             session_lost: false,
+            detached: false,
         }
     }
 }

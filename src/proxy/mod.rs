@@ -15,6 +15,7 @@ use http::header;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::tunnel::{DetachedTunnel, TunnelStats};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use router::Action;
 use std::net::IpAddr;
@@ -676,19 +677,90 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    fn detach_upgrade(&self, _session: &Session, ctx: &mut Ctx) -> bool {
+        // Every upgraded connection to a pool is relayed by a small task of its own once the
+        // 101 is out (no user filter sees upgraded bytes).
+        ctx.upgrade && ctx.pool.is_some()
+    }
+
+    fn upgrade_detached(&self, session: &mut Session, ctx: &mut Ctx) -> DetachedTunnel {
+        ctx.detached = true;
+        let idle = ctx.pool.map(|p| self.rt.pools[p].timeouts.idle.0);
+        // The backend stays busy (least_conn) until the tunnel closes.
+        let in_flight = match (ctx.pool, ctx.backend) {
+            (Some(pool), Some(backend)) => Some(InFlight {
+                rt: self.rt.clone(),
+                pool,
+                backend,
+            }),
+            _ => None,
+        };
+        let line = log::log_enabled!(target: "access", log::Level::Info)
+            .then(|| self.access_line(session, ctx));
+        let start = ctx.start;
+        DetachedTunnel {
+            idle_timeout: idle,
+            on_close: Some(Box::new(move |stats: &TunnelStats| {
+                drop(in_flight);
+                if let Some((head, route, times)) = line {
+                    log::info!(
+                        target: "access",
+                        "{head} {} {route} rt={:.3} {times} upgrade up={} end={:?}",
+                        stats.to_downstream,
+                        start.elapsed().as_secs_f64(),
+                        stats.to_upstream,
+                        stats.end,
+                    );
+                }
+            })),
+        }
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let pool = ctx.pool.map(|p| &self.rt.pools[p]);
-        if let (Some(pool), Some(b)) = (pool, ctx.backend) {
-            pool.backends[b].in_flight.fetch_sub(1, Relaxed);
+        if let (Some(p), Some(b), false) = (ctx.pool, ctx.backend, ctx.detached) {
+            self.rt.pools[p].backends[b].in_flight.fetch_sub(1, Relaxed);
         }
         if let Some(r) = ctx.route {
             for f in &self.rt.router.get(r).filters {
                 f.logging(session, ctx).await;
             }
         }
-        if !log::log_enabled!(target: "access", log::Level::Info) {
+        // A detached tunnel logs when it closes.
+        if ctx.detached || !log::log_enabled!(target: "access", log::Level::Info) {
             return;
         }
+        let (head, route, times) = self.access_line(session, ctx);
+        log::info!(
+            target: "access",
+            "{head} {} {route} rt={:.3} {times}{}{}",
+            session.body_bytes_sent(),
+            ctx.start.elapsed().as_secs_f64(),
+            if ctx.upgrade { " upgrade" } else { "" },
+            e.map_or_else(String::new, |e| format!(" error=\"{}\"", e.etype().as_str())),
+        );
+    }
+}
+
+/// Releases a backend's in-flight count when dropped (held by a detached tunnel).
+struct InFlight {
+    rt: Arc<Runtime>,
+    pool: usize,
+    backend: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.rt.pools[self.pool].backends[self.backend]
+            .in_flight
+            .fetch_sub(1, Relaxed);
+    }
+}
+
+impl Gateway {
+    /// The parts of an access-log line around the byte count and the total time:
+    /// `client "request" status`, `route= upstream=` and `uct= urt=`.
+    fn access_line(&self, session: &Session, ctx: &Ctx) -> (String, String, String) {
+        let pool = ctx.pool.map(|p| &self.rt.pools[p]);
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let ms = |d: Option<Duration>| {
@@ -699,22 +771,26 @@ impl ProxyHttp for Gateway {
             (Some(p), None) => format!("{}/-", p.name),
             _ => "-".into(),
         };
-        log::info!(
-            target: "access",
-            "{} \"{} {} {:?}\" {} {} route={} upstream={} rt={} uct={} urt={}{}{}",
-            session.client_addr().map_or_else(|| "-".to_string(), |a| a.to_string()),
+        let head = format!(
+            "{} \"{} {} {:?}\" {}",
+            session
+                .client_addr()
+                .map_or_else(|| "-".to_string(), |a| a.to_string()),
             req.method,
             req.uri,
             req.version,
             status,
-            session.body_bytes_sent(),
+        );
+        let route = format!(
+            "route={} upstream={}",
             ctx.route.map_or("-", |r| self.rt.router.get(r).name.as_str()),
             upstream,
-            ms(Some(ctx.start.elapsed())),
-            ms(ctx.connect_time),
-            ms(ctx.response_time),
-            if ctx.upgrade { " upgrade" } else { "" },
-            e.map_or_else(String::new, |e| format!(" error=\"{}\"", e.etype().as_str())),
         );
+        let times = format!(
+            "uct={} urt={}",
+            ms(ctx.connect_time),
+            ms(ctx.response_time)
+        );
+        (head, route, times)
     }
 }

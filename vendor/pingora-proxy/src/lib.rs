@@ -97,6 +97,7 @@ mod proxy_h1;
 mod proxy_h2;
 mod proxy_purge;
 mod proxy_trait;
+pub mod tunnel;
 pub mod subrequest;
 
 use subrequest::{BodyMode, Ctx as SubrequestCtx};
@@ -435,7 +436,15 @@ where
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
-                        if client_reuse {
+                        // pingora-gateway patch: a detached upgrade keeps the upstream's raw
+                        // stream for the relay started in `finish`.
+                        if session.detach_upgrade
+                            && error.is_none()
+                            && h1.was_upgraded()
+                            && session.was_upgraded()
+                        {
+                            session.detached_upstream = Some(h1.into_upgraded_parts());
+                        } else if client_reuse {
                             let session = ClientSession::H1(h1);
                             self.client_upstream
                                 .release_http_session(session, &*peer, peer.idle_timeout())
@@ -544,9 +553,30 @@ where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
+        // pingora-gateway patch: a detached upgrade is relayed by its own small task; the HTTP
+        // session, its buffers and this connection's task end here.
+        let detached = session.detached_upstream.take();
+        let tunnel = detached
+            .as_ref()
+            .map(|_| self.inner.upgrade_detached(&mut session, ctx));
+
         self.inner
             .logging(&mut session, error.as_deref(), ctx)
             .await;
+
+        if let (Some((upstream, upstream_unread)), Some(tunnel)) = (detached, tunnel) {
+            if let HttpSession::H1(downstream) = *session.downstream_session {
+                let (downstream, downstream_unread) = downstream.into_upgraded_parts();
+                tokio::spawn(tunnel::relay(
+                    downstream,
+                    downstream_unread.map(|b| b.freeze()),
+                    upstream,
+                    upstream_unread,
+                    tunnel,
+                ));
+            }
+            return None;
+        }
 
         if let Some(e) = error {
             session.downstream_session.on_proxy_failure(e);
@@ -622,6 +652,11 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// pingora-gateway patch: this upgrade request is to be detached after the 101.
+    detach_upgrade: bool,
+    /// pingora-gateway patch: the upstream's raw stream (and bytes read past its 101) of a
+    /// detached upgrade, waiting for `finish` to start the relay.
+    detached_upstream: Option<(Stream, Option<Bytes>)>,
 }
 
 impl Session {
@@ -649,6 +684,8 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            detach_upgrade: false,
+            detached_upstream: None,
         }
     }
 

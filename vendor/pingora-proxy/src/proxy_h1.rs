@@ -115,6 +115,15 @@ where
 
         session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
 
+        // pingora-gateway patch: an upgrade the user lets us detach stops both halves right
+        // after the 101, so `finish` can relay the raw streams (see tunnel.rs).
+        session.detach_upgrade = is_h1_upgrade_req(&req)
+            && matches!(*session.downstream_session, HttpSession::H1(_))
+            && !session.cache.enabled()
+            && session.as_mut().is_body_empty()
+            && self.inner.detach_upgrade(session, ctx);
+        let detach = session.detach_upgrade;
+
         session.upstream_compression.request_filter(&req);
 
         debug!("Sending header to upstream {:?}", req);
@@ -142,7 +151,10 @@ where
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
 
-        session.as_mut().enable_retry_buffering();
+        if !detach {
+            // (a detached upgrade never retries; its bytes are not worth a copy)
+            session.as_mut().enable_retry_buffering();
+        }
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -159,7 +171,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                detach
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +269,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        detach: bool,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -284,6 +303,11 @@ where
                                     || format!("Failed to send upstream task {type_str}{} to pipe",
                                         if response_done { " (end)" } else {""})
                                 );
+                            // pingora-gateway patch: a detached upgrade stops reading here;
+                            // what came after the 101 stays in the session for the relay.
+                            if detach && upgraded && result.is_ok() {
+                                return Ok(false);
+                            }
                             // If the request is upgraded, the downstream pipe can early exit
                             // when the downstream connection is closed.
                             // In that case, this function should ignore that the pipe is closed.
@@ -666,6 +690,11 @@ where
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
                         };
+                        // pingora-gateway patch: the 101 is out; a detached upgrade ends
+                        // the HTTP loop here and is relayed from `finish`.
+                        if session.detach_upgrade && session.was_upgraded() {
+                            return Ok(false);
+                        }
                         if !upgraded && session.was_upgraded() && downstream_state.can_poll() {
                             // TODO: write can happen async now
                             // just upgraded, the downstream state should be reset to continue to

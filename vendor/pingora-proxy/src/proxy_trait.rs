@@ -499,6 +499,29 @@ pub trait ProxyHttp {
         Ok(None)
     }
 
+    /// pingora-gateway patch: whether an HTTP/1 upgrade request (e.g. WebSocket) should be
+    /// detached once both sides have switched protocols: the HTTP sessions are then released
+    /// and the two raw streams relayed by a small task (see [`Self::upgrade_detached`]).
+    ///
+    /// Asked before the request is sent upstream, only for HTTP/1 downstream and upstream
+    /// sessions, requests without a body, and with caching off. The default keeps the upgraded
+    /// connection inside the HTTP proxy loop, with every upgraded body through the body filters.
+    fn detach_upgrade(&self, _session: &Session, _ctx: &mut Self::CTX) -> bool {
+        false
+    }
+
+    /// pingora-gateway patch: called when an upgrade that [`Self::detach_upgrade`] allowed has
+    /// succeeded on both sides, just before [`Self::logging`]. The returned tunnel sets the
+    /// relay's idle timeout and a callback for its end (where per-connection accounting and a
+    /// close log line belong, since `logging` runs when the tunnel starts).
+    fn upgrade_detached(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> crate::tunnel::DetachedTunnel {
+        crate::tunnel::DetachedTunnel::default()
+    }
+
     /// This filter is called when the entire response is sent to the downstream successfully or
     /// there is a fatal error that terminate the request.
     ///

@@ -1,0 +1,360 @@
+//! pingora-gateway patch: a detached relay for upgraded HTTP/1 connections (WebSocket).
+//!
+//! Once both sides of an HTTP/1 upgrade have switched protocols, the HTTP machinery (both
+//! sessions, their header maps and body buffers, the task channels and the connection future
+//! of `proxy_1to1`) has nothing left to do. [`relay`] takes the two raw streams and copies bytes
+//! between them in one small task: reads go into a per-thread scratch buffer and are written
+//! straight through, so an idle tunnel holds no buffer at all; only bytes that the other side
+//! cannot take yet are copied into a per-connection buffer. One idle deadline, reset by
+//! traffic in either direction, replaces a timer per read and write.
+
+use bytes::Bytes;
+use pingora_core::protocols::Stream;
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// How a detached upgraded connection is relayed, returned by
+/// [`ProxyHttp::upgrade_detached`](crate::ProxyHttp::upgrade_detached).
+#[derive(Default)]
+pub struct DetachedTunnel {
+    /// Close the tunnel when no byte has moved in either direction for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Called once when the tunnel ends (also when its task is dropped at shutdown).
+    pub on_close: Option<Box<dyn FnOnce(&TunnelStats) + Send + Sync>>,
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// The client closed its side.
+    DownstreamClosed,
+    /// The upstream closed its side.
+    UpstreamClosed,
+    /// No traffic for the idle timeout.
+    IdleTimeout,
+    /// Reading from or writing to the client failed.
+    DownstreamError,
+    /// Reading from or writing to the upstream failed.
+    UpstreamError,
+    /// The task was dropped before the tunnel ended (runtime shutdown).
+    Aborted,
+}
+
+/// What a tunnel carried, passed to [`DetachedTunnel::on_close`].
+#[derive(Debug, Clone)]
+pub struct TunnelStats {
+    /// Bytes relayed from the client to the upstream.
+    pub to_upstream: u64,
+    /// Bytes relayed from the upstream to the client.
+    pub to_downstream: u64,
+    /// How long the tunnel lived.
+    pub duration: Duration,
+    /// Why it ended.
+    pub end: TunnelEnd,
+}
+
+const SCRATCH_SIZE: usize = 16 * 1024;
+/// Reads per direction in one poll before yielding to other tasks.
+const READS_PER_POLL: usize = 16;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// One direction of the relay.
+#[derive(Default)]
+struct Half {
+    /// Bytes read but not yet taken by the writer.
+    pending: Option<Bytes>,
+    /// The writer holds unflushed bytes.
+    need_flush: bool,
+    /// The reader reached EOF.
+    eof: bool,
+    bytes: u64,
+}
+
+enum Step {
+    /// Nothing more can be done now: a waker is registered.
+    Pending,
+    /// The reader reached EOF and everything read has been written and flushed.
+    Done,
+    /// The reader failed.
+    ReadError,
+    /// The writer failed.
+    WriteError,
+}
+
+impl Half {
+    /// Writes `pending` to `dst`; `Ready(true)` once nothing is pending.
+    fn drain(&mut self, dst: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(p) = self.pending.as_mut() {
+            match Pin::new(&mut *dst).poll_write(cx, p) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.need_flush = true;
+                    if n >= p.len() {
+                        self.pending = None;
+                    } else {
+                        let _ = p.split_to(n);
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.need_flush {
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Moves bytes from `src` to `dst` until one of them would block.
+    fn pump(
+        &mut self,
+        src: &mut Stream,
+        dst: &mut Stream,
+        cx: &mut Context<'_>,
+        active: &mut bool,
+    ) -> Step {
+        for _ in 0..READS_PER_POLL {
+            match self.drain(dst, cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Step::WriteError,
+                Poll::Pending => return Step::Pending,
+            }
+            if self.eof {
+                return Step::Done;
+            }
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => {
+                        let data = buf.filled();
+                        if data.is_empty() {
+                            return Poll::Ready(Ok(0));
+                        }
+                        let n = data.len();
+                        // Write straight through; keep only what the writer cannot take.
+                        let mut off = 0;
+                        while off < n {
+                            match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {
+                                Poll::Ready(Ok(0)) => {
+                                    return Poll::Ready(Err(Err(io::Error::from(
+                                        io::ErrorKind::WriteZero,
+                                    ))))
+                                }
+                                Poll::Ready(Ok(w)) => off += w,
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(Err(e))),
+                                Poll::Pending => break,
+                            }
+                        }
+                        self.need_flush = true;
+                        if off < n {
+                            self.pending = Some(Bytes::copy_from_slice(&data[off..]));
+                        }
+                        Poll::Ready(Ok(n))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(Ok(e))),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            match read {
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(n)) => {
+                    self.bytes += n as u64;
+                    *active = true;
+                }
+                // Ok(e): the read failed; Err(e): the write failed.
+                Poll::Ready(Err(Ok(_))) => return Step::ReadError,
+                Poll::Ready(Err(Err(_))) => return Step::WriteError,
+                Poll::Pending => {
+                    // Nothing to read: push out what was written.
+                    return match self.drain(dst, cx) {
+                        Poll::Ready(Err(_)) => Step::WriteError,
+                        _ => Step::Pending,
+                    };
+                }
+            }
+        }
+        // Budget used up: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Step::Pending
+    }
+}
+
+/// The relay future of one detached tunnel.
+pub(crate) struct Relay {
+    downstream: Stream,
+    upstream: Stream,
+    up: Half,
+    down: Half,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    last_activity: Instant,
+    started: Instant,
+    closing: Option<(TunnelEnd, bool)>,
+    on_close: Option<Box<dyn FnOnce(&TunnelStats) + Send + Sync>>,
+}
+
+impl Relay {
+    /// A relay between `downstream` and `upstream`; `*_unread` are bytes already read from each
+    /// side with the HTTP header, to be delivered first.
+    pub(crate) fn new(
+        downstream: Stream,
+        downstream_unread: Option<Bytes>,
+        upstream: Stream,
+        upstream_unread: Option<Bytes>,
+        tunnel: DetachedTunnel,
+    ) -> Self {
+        let now = Instant::now();
+        let to_up = downstream_unread.as_ref().map_or(0, |b| b.len() as u64);
+        let to_down = upstream_unread.as_ref().map_or(0, |b| b.len() as u64);
+        Relay {
+            downstream,
+            upstream,
+            up: Half {
+                pending: downstream_unread,
+                // the 101 header may still sit in the write buffer
+                need_flush: true,
+                bytes: to_up,
+                ..Default::default()
+            },
+            down: Half {
+                pending: upstream_unread,
+                need_flush: true,
+                bytes: to_down,
+                ..Default::default()
+            },
+            idle: tunnel
+                .idle_timeout
+                .map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
+            last_activity: now,
+            started: now,
+            closing: None,
+            on_close: tunnel.on_close,
+        }
+    }
+
+    fn finish(&mut self, end: TunnelEnd) {
+        if let Some(cb) = self.on_close.take() {
+            cb(&TunnelStats {
+                to_upstream: self.up.bytes,
+                to_downstream: self.down.bytes,
+                duration: self.started.elapsed(),
+                end,
+            });
+        }
+    }
+}
+
+impl Future for Relay {
+    type Output = TunnelEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
+        let this = self.get_mut();
+        if let Some((end, to_upstream)) = this.closing {
+            // One side closed: send the other side what is left and a FIN, then end.
+            let (half, dst) = if to_upstream {
+                (&mut this.up, &mut this.upstream)
+            } else {
+                (&mut this.down, &mut this.downstream)
+            };
+            let res = match half.drain(dst, cx) {
+                Poll::Ready(Ok(())) => Pin::new(&mut *dst).poll_shutdown(cx),
+                other => other,
+            };
+            if res.is_pending() && !this.idle_expired(cx) {
+                return Poll::Pending;
+            }
+            this.finish(end);
+            return Poll::Ready(end);
+        }
+        let mut active = false;
+        let up = this
+            .up
+            .pump(&mut this.downstream, &mut this.upstream, cx, &mut active);
+        let down = this
+            .down
+            .pump(&mut this.upstream, &mut this.downstream, cx, &mut active);
+        if active {
+            this.last_activity = Instant::now();
+        }
+        let end = match (up, down) {
+            (Step::ReadError, _) | (_, Step::WriteError) => Some(TunnelEnd::DownstreamError),
+            (Step::WriteError, _) | (_, Step::ReadError) => Some(TunnelEnd::UpstreamError),
+            (Step::Done, _) => {
+                this.closing = Some((TunnelEnd::DownstreamClosed, true));
+                return Pin::new(this).poll(cx);
+            }
+            (_, Step::Done) => {
+                this.closing = Some((TunnelEnd::UpstreamClosed, false));
+                return Pin::new(this).poll(cx);
+            }
+            (Step::Pending, Step::Pending) => None,
+        };
+        if let Some(end) = end {
+            this.finish(end);
+            return Poll::Ready(end);
+        }
+        if this.idle_expired(cx) {
+            this.finish(TunnelEnd::IdleTimeout);
+            return Poll::Ready(TunnelEnd::IdleTimeout);
+        }
+        Poll::Pending
+    }
+}
+
+impl Relay {
+    /// Whether the idle deadline has passed; otherwise (re)arms it for the current deadline.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((timeout, sleep)) = self.idle.as_mut() else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_activity + *timeout;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            // Traffic moved the deadline: re-arm the one timer lazily.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.finish(TunnelEnd::Aborted);
+    }
+}
+
+/// Relays a detached upgraded connection until either side closes, an error, or the idle
+/// timeout; then calls the tunnel's `on_close`.
+pub(crate) async fn relay(
+    downstream: Stream,
+    downstream_unread: Option<Bytes>,
+    upstream: Stream,
+    upstream_unread: Option<Bytes>,
+    tunnel: DetachedTunnel,
+) -> TunnelEnd {
+    Relay::new(
+        downstream,
+        downstream_unread,
+        upstream,
+        upstream_unread,
+        tunnel,
+    )
+    .await
+}
