@@ -70,6 +70,8 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
             )));
         }
     }
+    // Give the memory of a connection spike back to the OS once it is over.
+    server.add_service(background_service("mem-trim", crate::mem_trim::MemTrim));
     let proxy = server.add_service(proxy);
     // Accept traffic only once every pool's first health-check round has run.
     proxy.add_dependencies(&health);

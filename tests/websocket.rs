@@ -291,3 +291,54 @@ async fn closed_websocket_releases_its_backend_and_logs_one_line() {
         .to_string();
     assert!(line.contains(" upgrade up=") && line.contains("end="), "{line}");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_of_a_websocket_spike_is_given_back() {
+    // 3,000 WebSockets opened 100 at a time (so their allocations interleave over the heap, as
+    // in a real spike), then all closed: the gateway must give back at least half of the spike.
+    // glibc alone keeps all of it: freed memory below live allocations is not trimmed.
+    let b = Backend::start("node-1").await;
+    let gw = Gateway::start(&ws_config(&b, ""));
+    let mut warm = ws_connect(gw.port, "x", "/ws").await;
+    assert_eq!(echo(&mut warm, "warm").await, "warm");
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(gw.pid());
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let batch = (0..100).map(|_| ws_connect(gw.port, "x", "/ws"));
+        held.extend(futures_util::future::join_all(batch).await);
+    }
+    assert_eq!(echo(&mut held[2999], "last").await, "last");
+    let peak = rss_kib(gw.pid());
+    drop(held);
+    let mut after = peak;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = rss_kib(gw.pid());
+        if after <= before + (peak - before) / 2 {
+            break;
+        }
+    }
+    assert!(
+        peak > before + 4096,
+        "the spike did not show: {before} -> {peak} KiB"
+    );
+    assert!(
+        after <= before + (peak - before) / 2,
+        "RSS {before} KiB before, {peak} KiB with 3,000 WebSockets, still {after} KiB 20 s after they closed"
+    );
+}
