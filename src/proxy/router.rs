@@ -1,6 +1,20 @@
 //! Host and path matching, compiled once at load. Routes are tried in file order and the
-//! first match wins; routes are pre-bucketed by exact host so a lookup scans only the routes
-//! that can match that host. Lookups do not allocate.
+//! first match wins: `find` returns the smallest route index whose host pattern (exact,
+//! `*.suffix` or any) and path pattern (any, exact or prefix, a plain byte-wise
+//! `starts_with`, so `/api` also matches `/apix`) both match.
+//!
+//! How lookup works: routes are grouped by host key (each exact host, each wildcard suffix,
+//! and one group for routes without a host; a route naming several hosts is in several
+//! groups). Each group is a `PathIndex`: a compressed byte trie (radix tree) over its exact
+//! and prefix paths, where a node keeps the smallest route index whose prefix ends there
+//! (valid for any path that goes on) and whose exact path ends there (valid only when the
+//! whole path is consumed), plus the smallest index of the group's any-path routes. A lookup
+//! normalises the host into a stack buffer, then probes the exact host's group, the wildcard
+//! groups for those suffixes of the host that start at a `.` and have the length of some
+//! configured suffix, and the host-less group, walking the path once in each (at a branch,
+//! the child is found by scanning the children's first bytes 8 at a time); the smallest
+//! index found wins. The cost is O(host length + path length) per group probed, independent
+//! of the number of routes, and a lookup does not allocate.
 
 use crate::config::{Issues, RouteConf};
 use crate::filter::{Filter, Registry};
@@ -20,6 +34,7 @@ enum HostPat {
 }
 
 impl HostPat {
+    #[cfg(test)]
     fn matches(&self, host: &str) -> bool {
         match self {
             HostPat::Exact(h) => h == host,
@@ -136,10 +151,14 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// Reference semantics of a match (the trie lookup must agree with it).
+    #[cfg(test)]
     fn matches_host(&self, host: &str) -> bool {
         self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host))
     }
 
+    /// Reference semantics of a match (the trie lookup must agree with it).
+    #[cfg(test)]
     fn matches(&self, host: &str, path: &str) -> bool {
         self.matches_host(host)
             && match &self.path {
@@ -158,14 +177,204 @@ impl Route {
     }
 }
 
+/// No route (the largest index, so it never wins a `min`).
+const NONE: u32 = u32::MAX;
+
+/// The path patterns of a group of routes, for finding the first one that matches a path
+/// in one walk over the path.
+///
+/// Exact and prefix paths are stored in a compressed byte trie: every path ends exactly at
+/// a node, and a node's label is the bytes between its parent and itself. The children of
+/// a node are contiguous in `nodes`, sorted by the first byte of their label; those first
+/// bytes are kept apart, in `first`, and scanned 8 at a time to pick the child.
+#[derive(Debug)]
+struct PathIndex {
+    /// Smallest index of a route with an any-path pattern, or `NONE`.
+    any: u32,
+    /// The trie; `nodes[0]` is the root (absent when there are no exact/prefix paths).
+    nodes: Vec<Node>,
+    /// `first[i]`: the first byte of `nodes[i]`'s label (unused for the root), then 7 bytes
+    /// of padding so that any child range can be read as whole `u64` words.
+    first: Vec<u8>,
+    /// All labels but their first byte (the whole label for the root), concatenated.
+    labels: Vec<u8>,
+}
+
+/// A trie node.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    /// `first[this]` then `labels[label_start..label_end]` lead here from the parent.
+    label_start: u32,
+    label_end: u32,
+    /// `nodes[children_start..children_end]` are the children.
+    children_start: u32,
+    children_end: u32,
+    /// Smallest index of a route whose exact path ends here, or `NONE`.
+    exact: u32,
+    /// Smallest index of a route whose path prefix ends here, or `NONE`.
+    prefix: u32,
+}
+
+impl Default for PathIndex {
+    fn default() -> Self {
+        PathIndex {
+            any: NONE,
+            nodes: Vec::new(),
+            first: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+impl PathIndex {
+    /// Builds the index of routes given as (route index, path pattern), in any order.
+    fn build<'a>(routes: impl IntoIterator<Item = (u32, &'a PathPat)>) -> PathIndex {
+        let mut ix = PathIndex::default();
+        // (path, smallest exact index, smallest prefix index)
+        let mut keys: Vec<(&[u8], u32, u32)> = Vec::new();
+        for (i, p) in routes {
+            match p {
+                PathPat::Any => ix.any = ix.any.min(i),
+                PathPat::Exact(s) => keys.push((s.as_bytes(), i, NONE)),
+                PathPat::Prefix(s) => keys.push((s.as_bytes(), NONE, i)),
+            }
+        }
+        if keys.is_empty() {
+            return ix;
+        }
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        keys.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = kept.1.min(later.1);
+                kept.2 = kept.2.min(later.2);
+            }
+            same
+        });
+        let placeholder = Node {
+            label_start: 0,
+            label_end: 0,
+            children_start: 0,
+            children_end: 0,
+            exact: NONE,
+            prefix: NONE,
+        };
+        ix.nodes.push(placeholder);
+        ix.first.push(0);
+        // (node slot, keys[lo..hi] below it, bytes consumed above it). The keys of a slot
+        // share their first `depth` bytes; a node spans their longest common prefix.
+        let mut work = vec![(0usize, 0usize, keys.len(), 0usize)];
+        while let Some((slot, lo, hi, depth)) = work.pop() {
+            let (a, b) = (keys[lo].0, keys[hi - 1].0);
+            // Sorted, so the common prefix of the range is that of its ends.
+            let end = depth
+                + a[depth..]
+                    .iter()
+                    .zip(&b[depth..])
+                    .take_while(|(x, y)| x == y)
+                    .count();
+            let mut node = placeholder;
+            node.label_start = ix.labels.len() as u32;
+            // A child's first label byte is in `first` (consumed when choosing the child).
+            let from = if slot == 0 { depth } else { depth + 1 };
+            ix.labels.extend_from_slice(&a[from..end]);
+            node.label_end = ix.labels.len() as u32;
+            let mut i = lo;
+            if a.len() == end {
+                // At most one key ends here, and it sorts first.
+                (node.exact, node.prefix) = (keys[lo].1, keys[lo].2);
+                i += 1;
+            }
+            node.children_start = ix.nodes.len() as u32;
+            while i < hi {
+                let c = keys[i].0[end];
+                let mut j = i + 1;
+                while j < hi && keys[j].0[end] == c {
+                    j += 1;
+                }
+                work.push((ix.nodes.len(), i, j, end));
+                ix.nodes.push(placeholder);
+                ix.first.push(c);
+                i = j;
+            }
+            node.children_end = ix.nodes.len() as u32;
+            ix.nodes[slot] = node;
+        }
+        ix.first.extend_from_slice(&[0; 7]);
+        ix.nodes.shrink_to_fit();
+        ix.first.shrink_to_fit();
+        ix.labels.shrink_to_fit();
+        ix
+    }
+
+    /// The smallest index of a route in this group whose path pattern matches `path`, or
+    /// `NONE`.
+    #[inline]
+    fn lookup(&self, path: &[u8]) -> u32 {
+        let mut best = self.any;
+        let Some(mut node) = self.nodes.first() else {
+            return best;
+        };
+        let mut rest = path;
+        loop {
+            let label = &self.labels[node.label_start as usize..node.label_end as usize];
+            // Labels are mostly short: a plain loop beats a call to memcmp.
+            match rest.split_at_checked(label.len()) {
+                Some((head, tail)) if head.iter().zip(label).all(|(a, b)| a == b) => rest = tail,
+                _ => return best,
+            }
+            // Every prefix ending here is a prefix of `path`.
+            best = best.min(node.prefix);
+            let Some((&b, after)) = rest.split_first() else {
+                return best.min(node.exact);
+            };
+            match self.child(node, b) {
+                Some(child) => {
+                    node = child;
+                    rest = after;
+                }
+                None => return best,
+            }
+        }
+    }
+
+    /// The child of `node` whose label starts with `b`.
+    #[inline]
+    fn child(&self, node: &Node, b: u8) -> Option<&Node> {
+        const LO: u64 = 0x0101_0101_0101_0101;
+        const HI: u64 = 0x8080_8080_8080_8080;
+        let (start, end) = (node.children_start as usize, node.children_end as usize);
+        let pattern = LO * u64::from(b);
+        let mut i = start;
+        while i < end {
+            // `first` is padded, so 8 bytes from any child index are there.
+            let word = u64::from_le_bytes(self.first[i..i + 8].try_into().ok()?);
+            let x = word ^ pattern;
+            // Bytes of `x` that are zero (equal to `b`) get their high bit set; the lowest
+            // one set is exact (false positives only occur above a true zero byte).
+            let zero = x.wrapping_sub(LO) & !x & HI;
+            if zero != 0 {
+                let k = i + (zero.trailing_zeros() / 8) as usize;
+                return if k < end { self.nodes.get(k) } else { None };
+            }
+            i += 8;
+        }
+        None
+    }
+}
+
 /// The compiled route table.
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
-    /// For each exact host named by some route: the indices of the routes that can match it.
-    by_host: HashMap<String, Vec<u32>>,
-    /// Routes that can match a host not in `by_host` (no host, or wildcard).
-    other: Vec<u32>,
+    /// For each exact host named by some route: the routes naming it.
+    exact: HashMap<Box<str>, PathIndex>,
+    /// For each wildcard suffix (`.example.com` for `*.example.com`): the routes naming it.
+    suffix: HashMap<Box<str>, PathIndex>,
+    /// The distinct lengths of the keys of `suffix`, ascending.
+    suffix_lens: Vec<usize>,
+    /// Routes without a host.
+    any_host: PathIndex,
 }
 
 /// Normalises a Host value into `buf`: drops the port and a trailing dot, lower-cases.
@@ -205,45 +414,42 @@ impl Router {
                 routes.push(r);
             }
         }
-        // Routes that can match any host (no host, or a wildcard), in file order.
-        let other: Vec<u32> = (0..routes.len() as u32)
-            .filter(|&i| {
-                let hs = &routes[i as usize].hosts;
-                hs.is_empty() || hs.iter().any(|h| matches!(h, HostPat::Suffix(_)))
-            })
-            .collect();
-        // Routes naming each exact host, in file order.
-        let mut exact: HashMap<String, Vec<u32>> = HashMap::new();
+        // Route indices per host key.
+        let mut any_host: Vec<u32> = Vec::new();
+        let mut exact: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut suffix: HashMap<&str, Vec<u32>> = HashMap::new();
         for (idx, r) in routes.iter().enumerate() {
+            let idx = idx as u32;
+            if r.hosts.is_empty() {
+                any_host.push(idx);
+            }
             for h in &r.hosts {
-                if let HostPat::Exact(h) = h {
-                    let list = exact.entry(h.clone()).or_default();
-                    if list.last() != Some(&(idx as u32)) {
-                        list.push(idx as u32);
-                    }
+                match h {
+                    HostPat::Exact(h) => exact.entry(h).or_default().push(idx),
+                    HostPat::Suffix(s) => suffix.entry(s).or_default().push(idx),
                 }
             }
         }
-        // Merge, per exact host, its own routes with the generic ones that match it.
-        let by_host = exact
-            .into_iter()
-            .map(|(host, own)| {
-                let mut list: Vec<u32> = own;
-                list.extend(
-                    other
-                        .iter()
-                        .copied()
-                        .filter(|&i| routes[i as usize].matches_host(&host)),
-                );
-                list.sort_unstable();
-                list.dedup();
-                (host, list)
-            })
+        let index =
+            |list: &[u32]| PathIndex::build(list.iter().map(|&i| (i, &routes[i as usize].path)));
+        let any_host = index(&any_host);
+        let exact: HashMap<Box<str>, PathIndex> = exact
+            .iter()
+            .map(|(h, list)| (Box::from(*h), index(list)))
             .collect();
+        let suffix: HashMap<Box<str>, PathIndex> = suffix
+            .iter()
+            .map(|(s, list)| (Box::from(*s), index(list)))
+            .collect();
+        let mut suffix_lens: Vec<usize> = suffix.keys().map(|s| s.len()).collect();
+        suffix_lens.sort_unstable();
+        suffix_lens.dedup();
         Router {
             routes,
-            by_host,
-            other,
+            exact,
+            suffix,
+            suffix_lens,
+            any_host,
         }
     }
 
@@ -251,12 +457,35 @@ impl Router {
     pub fn find(&self, host: &str, path: &str) -> Option<(usize, &Route)> {
         let mut buf = [0u8; 256];
         let host = normalize_host(host, &mut buf);
-        let candidates = self.by_host.get(host).unwrap_or(&self.other);
-        candidates
+        let path = path.as_bytes();
+        let mut best = self.any_host.lookup(path);
+        if let Some(ix) = self.exact.get(host) {
+            best = best.min(ix.lookup(path));
+        }
+        // `*.s` (stored as `.s`) matches hosts that end with `.s` and are longer than it.
+        for &len in &self.suffix_lens {
+            if len >= host.len() {
+                break;
+            }
+            let at = host.len() - len;
+            if host.as_bytes()[at] == b'.' {
+                if let Some(ix) = self.suffix.get(&host[at..]) {
+                    best = best.min(ix.lookup(path));
+                }
+            }
+        }
+        (best != NONE).then(|| (best as usize, &self.routes[best as usize]))
+    }
+
+    /// The first route matching, by trying every route in order (the reference semantics).
+    #[cfg(test)]
+    fn find_linear(&self, host: &str, path: &str) -> Option<(usize, &Route)> {
+        let mut buf = [0u8; 256];
+        let host = normalize_host(host, &mut buf);
+        self.routes
             .iter()
-            .map(|&i| i as usize)
-            .find(|&i| self.routes[i].matches(host, path))
-            .map(|i| (i, &self.routes[i]))
+            .enumerate()
+            .find(|(_, r)| r.matches(host, path))
     }
 
     /// The route at `index`.
@@ -636,5 +865,181 @@ routes:
         assert_eq!(r.find("h1999.example.com", "/p/x").unwrap().0, 1999);
         assert_eq!(r.find("h1999.example.com", "/q").unwrap().0, 2000);
         assert_eq!(r.find("unknown.example.com", "/p/").unwrap().0, 2000);
+    }
+
+    #[test]
+    fn prefix_is_a_plain_byte_prefix() {
+        let (r, _) = router(
+            r#"
+routes:
+  - { match: { path: /api/v1 }, upstream: a }
+  - { match: { path_prefix: /api/ }, upstream: a }
+  - { match: { path_prefix: /api }, upstream: a }
+  - { match: { path: /api }, upstream: a }
+"#,
+        );
+        let idx = |p: &str| r.find("h", p).map(|(i, _)| i);
+        assert_eq!(idx("/api/v1"), Some(0));
+        assert_eq!(idx("/api/v1/x"), Some(1));
+        assert_eq!(idx("/api/"), Some(1));
+        assert_eq!(
+            idx("/api"),
+            Some(2),
+            "an earlier prefix beats a later exact path"
+        );
+        assert_eq!(idx("/apix"), Some(2), "/api matches /apix");
+        assert_eq!(idx("/ap"), None);
+        assert_eq!(idx(""), None);
+    }
+
+    #[test]
+    fn large_tables_under_one_host() {
+        for host in ["app.example.com", "*.example.com"] {
+            let mut y = String::from("routes:\n");
+            for n in 0..10_000 {
+                y.push_str(&format!(
+                    "  - {{ match: {{ host: \"{host}\", path_prefix: /p{n}/ }}, upstream: a }}\n"
+                ));
+            }
+            y.push_str("  - { match: { path: /p9999/x }, upstream: b }\n");
+            y.push_str("  - { upstream: b }\n");
+            let (r, i) = router(&y);
+            assert!(i.errors.is_empty());
+            let h = "App.Example.com:443";
+            assert_eq!(r.find(h, "/p9999/x").unwrap().0, 9999);
+            assert_eq!(r.find(h, "/p5000/").unwrap().0, 5000);
+            assert_eq!(r.find(h, "/p10000/").unwrap().0, 10_001);
+            assert_eq!(r.find("example.com", "/p1/").unwrap().0, 10_001);
+            for path in ["/p1/", "/p12/x", "/p123", "/p9999/", "/q", ""] {
+                for h in [h, "x.app.example.com", "example.com"] {
+                    assert_eq!(
+                        r.find(h, path).map(|(i, _)| i),
+                        r.find_linear(h, path).map(|(i, _)| i),
+                        "{host}: {h}{path}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A tiny deterministic PRNG (xorshift64).
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[self.below(xs.len())]
+        }
+
+        /// `/` and `min..=max` more bytes from `alphabet`.
+        fn path(&mut self, alphabet: &[u8], min: usize, max: usize) -> String {
+            let mut p = String::from("/");
+            for _ in 0..min + self.below(max - min + 1) {
+                p.push(alphabet[self.below(alphabet.len())] as char);
+            }
+            p
+        }
+    }
+
+    #[test]
+    fn trie_lookup_agrees_with_linear_scan() {
+        const EXACT: &[&str] = &["a.com", "b.a.com", "x.b.a.com", "c.org", "org", ".a.com"];
+        const WILD: &[&str] = &["*.a.com", "*.b.a.com", "*.org", "*.com", "*.a.org.com"];
+        const REQUEST_HOSTS: &[&str] = &[
+            "a.com",
+            "b.a.com",
+            "x.b.a.com",
+            "c.org",
+            "org",
+            ".a.com",
+            "z.a.com",
+            "q.x.b.a.com",
+            "A.COM:8080",
+            "B.a.Com.",
+            "a.org.com",
+            "y.a.org.com",
+            "com",
+            "[::1]:80",
+            "",
+            ".",
+            "other",
+        ];
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let (mut lookups, mut hits) = (0usize, 0usize);
+        for table in 0..600 {
+            // Long paths over a small alphabet (deep tries, much overlap), or short ones over
+            // a large alphabet (nodes with many children).
+            let (alphabet, n, route_len, request_len): (&[u8], _, _, _) = if table % 2 == 0 {
+                (b"/ab", 1 + rng.below(30), 4, 6)
+            } else {
+                (
+                    b"/abcdefghijklmnopqrstuvwxyz0123456789",
+                    1 + rng.below(150),
+                    2,
+                    3,
+                )
+            };
+            let mut y = String::from("routes:\n");
+            for _ in 0..n {
+                let mut m = Vec::new();
+                let hosts: Vec<String> = (0..rng.below(4).saturating_sub(1))
+                    .map(|_| {
+                        let pool = if rng.below(2) == 0 { EXACT } else { WILD };
+                        format!("\"{}\"", rng.pick(pool))
+                    })
+                    .collect();
+                if !hosts.is_empty() {
+                    m.push(format!("host: [{}]", hosts.join(", ")));
+                }
+                // Few any-path routes, else most requests would hit one.
+                if rng.below(n + 8) != 0 {
+                    let p = rng.path(alphabet, 1, route_len);
+                    let key = if rng.below(3) == 0 {
+                        "path"
+                    } else {
+                        "path_prefix"
+                    };
+                    m.push(format!("{key}: \"{p}\""));
+                }
+                y.push_str(&format!(
+                    "  - {{ match: {{ {} }}, upstream: a }}\n",
+                    m.join(", ")
+                ));
+            }
+            let (r, i) = router(&y);
+            assert!(i.errors.is_empty(), "{:?}\n{y}", i.errors);
+            assert_eq!(r.len(), n);
+            for _ in 0..300 {
+                let host = rng.pick(REQUEST_HOSTS);
+                let path = if rng.below(20) == 0 {
+                    String::new()
+                } else {
+                    rng.path(alphabet, 0, request_len)
+                };
+                let got = r.find(host, &path).map(|(i, _)| i);
+                let want = r.find_linear(host, &path).map(|(i, _)| i);
+                assert_eq!(got, want, "table {table}: {host:?} {path:?}\n{y}");
+                lookups += 1;
+                hits += got.is_some() as usize;
+            }
+        }
+        // Both outcomes are well represented.
+        eprintln!("{hits} hits in {lookups} lookups");
+        assert!(
+            hits > lookups / 5 && hits < lookups * 4 / 5,
+            "{hits}/{lookups}"
+        );
     }
 }
