@@ -113,16 +113,20 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade_req = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade_req);
 
         // pingora-gateway patch: an upgrade the user lets us detach stops both halves right
         // after the 101, so `finish` can relay the raw streams (see tunnel.rs).
-        session.detach_upgrade = is_h1_upgrade_req(&req)
-            && matches!(*session.downstream_session, HttpSession::H1(_))
+        let plain_h1 = matches!(*session.downstream_session, HttpSession::H1(_))
             && !session.cache.enabled()
-            && session.as_mut().is_body_empty()
-            && self.inner.detach_upgrade(session, ctx);
+            && !session.cache.bypassing()
+            && session.as_mut().is_body_empty();
+        session.detach_upgrade = upgrade_req && plain_h1 && self.inner.detach_upgrade(session, ctx);
         let detach = session.detach_upgrade;
+        // pingora-gateway patch: a request without a body, upgrade or cache needs no duplex
+        // loop: write it, then read, filter and write the response (same hooks, same order).
+        let sequential = !upgrade_req && plain_h1;
 
         session.upstream_compression.request_filter(&req);
 
@@ -133,6 +137,12 @@ where
             Err(e) => {
                 return (false, false, Some(e.into_up()));
             }
+        }
+
+        if sequential {
+            return self
+                .proxy_1to1_sequential(session, client_session, ctx)
+                .await;
         }
 
         let mut downstream_custom_message_writer = session
@@ -207,6 +217,99 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// pingora-gateway patch: the sequential fast path of [`Self::proxy_1to1`] for a request
+    /// without a body (and no upgrade, no cache, an HTTP/1 downstream): the empty body goes
+    /// through the request body filters and is finished upstream, then each response task is
+    /// read, filtered and written downstream in turn. No task channels, no `select!` loops.
+    /// The hooks run in the same order as on the duplex path; what is not done is watching
+    /// the idle client connection for a close while the upstream thinks (the next write
+    /// notices it).
+    async fn proxy_1to1_sequential(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // the request body (empty, but filters may add to it), as `send_body_to_pipe` +
+        // `send_body_to1` do it
+        let mut data = None;
+        if let Err(e) = session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        if let Err(e) = self
+            .inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            return (false, false, Some(e));
+        }
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        loop {
+            #[allow(unused_mut)]
+            let mut task = match client_session.read_response_task().await {
+                Ok(task) => task,
+                // A response read error: the upstream connection cannot be reused.
+                Err(e) => return (false, false, Some(e.into_up())),
+            };
+            #[cfg(feature = "upstream_modules")]
+            {
+                if let HttpTask::Header(header, end_of_stream) = &task {
+                    if let Err(e) = self
+                        .inner
+                        .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                        .await
+                    {
+                        return (false, false, Some(e));
+                    }
+                }
+                if let Err(e) = session.upstream_modules_filter_task(&mut task).await {
+                    return (false, false, Some(e));
+                }
+            }
+            session.upstream_compression.response_filter(&mut task);
+            let task = match self
+                .h1_response_filter(
+                    session,
+                    task,
+                    ctx,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    false,
+                )
+                .await
+            {
+                Ok(task) => task,
+                Err(e) => return (false, false, Some(e)),
+            };
+            match session.write_response_tasks(vec![task]).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return (false, false, Some(e)),
+            }
+        }
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => true,
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        (reuse_downstream, true, None)
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
