@@ -6,14 +6,18 @@
 #
 # Env: RUNS (3), DURATION seconds per load run (8), HTTP_CONNS (64), WS_CONNS (200),
 #      IDLE_CONNS (5000), HOLD seconds the idle WebSockets are held (5), SIO_CLIENTS (20),
-#      SIO_EMITS (20), BENCH_WORK (/tmp/gwbench), SKIP_BUILD=1, NO_NETNS=1.
+#      SIO_EMITS (20), COUNT_DURATION seconds of the backend-connection counting pass (2),
+#      BENCH_WORK (/tmp/gwbench), SKIP_BUILD=1, NO_NETNS=1.
 #
 # Installs what is missing (nginx, haproxy, wrk, procps, util-linux, iproute2, curl, node
 # packages), builds the release binaries, then runs every measurement inside a private network
-# namespace (`unshare -n`, loopback only) so that the per-namespace TCP counters
-# (/proc/net/snmp PassiveOpens) count only this benchmark's connections. The proxy under test
-# runs on CPU 0, the load generators and backends on CPU 1. Targets are interleaved run by
-# run; the table shows medians. See bench/README.md.
+# namespace (`unshare -n`, loopback only) so that fixed ports cannot collide and the backend
+# connection counter (an nftables SYN counter, installed only for a short counting pass after
+# each new-connection run; fallback: /proc/net/snmp PassiveOpens) sees only this benchmark's
+# connections. No nftables rule is in place while CPU, latency or memory is measured. The
+# proxy under test runs on CPU 0, the load generators and backends on CPU 1. Targets are
+# interleaved run by run; the table shows medians. Proxy CPU is recorded as total, user space
+# and kernel. See bench/README.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -87,9 +91,10 @@ if [[ "${1:-}" != "--inner" ]]; then
     log "WARNING: no private network namespace (unshare -n failed or NO_NETNS=1): the TCP counters"
     log "         used for 'backend connections per 1000 requests' include other traffic on this host"
     inner_cmd=(bash "$0" --inner)
+    export NO_NETNS=1   # the inner phase must not touch the host's nftables or sysctls
   fi
   # Hard bound on the whole measurement phase.
-  limit=$(( 120 + RUNS * (5 * (DURATION + 25) * 3 + 4 * (HOLD + 90) + 2 * (DURATION * 2 + 40)) ))
+  limit=$(( 120 + RUNS * (5 * (DURATION + 25) * 3 + 5 * 40 + 4 * (HOLD + 105) + 2 * (DURATION * 2 + 40)) ))
   timeout -k 15 "$limit" "${inner_cmd[@]}" &
   inner=$!
   trap 'kill -TERM $inner 2>/dev/null || true; wait $inner 2>/dev/null || true' EXIT INT TERM
@@ -135,6 +140,7 @@ GW_PIDS=" "    # the gateways among them: stopped with SIGINT (fast shutdown; SI
 sig_of() { [[ "$GW_PIDS" == *" $1 "* ]] && echo INT || echo TERM; }
 cleanup() {
   set +e
+  [ "${BACKEND_SYN:-0}" = 1 ] && nft_off
   for p in "${PIDS[@]}"; do kill -"$(sig_of "$p")" "$p" 2>/dev/null; done
   for _ in $(seq 30); do
     alive=0
@@ -313,13 +319,26 @@ target_pids() {
     cat /proc/"$p"/task/*/children 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+$' || true
   fi
 }
-cpu_ticks() { # pids... -> utime+stime (all threads), in clock ticks
-  local sum=0 p v
+cpu_ticks() { # pids... -> "utime stime" (user space, kernel; all threads), in clock ticks
+  local u=0 s=0 p a b
   for p in "$@"; do
-    v=$(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13}') || v=0
-    sum=$((sum + ${v:-0}))
+    a=0 b=0
+    read -r a b < <(sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12, $13}') || true
+    u=$((u + ${a:-0})); s=$((s + ${b:-0}))
   done
-  echo $sum
+  echo "$u $s"
+}
+ticks_used() { # "u0 s0" "u1 s1" -> "total ticks (usr+sys)", for the log
+  local u0 s0 u1 s1
+  read -r u0 s0 <<<"$1"; read -r u1 s1 <<<"$2"
+  echo "$((u1 - u0 + s1 - s0)) ($((u1 - u0))+$((s1 - s0)))"
+}
+record_cpu() { # scenario target run "u0 s0" "u1 s1" count -> cpu_us (total), usr_us, sys_us per unit
+  local s=$1 t=$2 run=$3 n=$6 u0 s0 u1 s1
+  read -r u0 s0 <<<"$4"; read -r u1 s1 <<<"$5"
+  record "$s" cpu_us "$t" "$run" "$(calc "($u1 - $u0 + $s1 - $s0) * 1000000 / $CLK_TCK / $n")"
+  record "$s" usr_us "$t" "$run" "$(calc "($u1 - $u0) * 1000000 / $CLK_TCK / $n")"
+  record "$s" sys_us "$t" "$run" "$(calc "($s1 - $s0) * 1000000 / $CLK_TCK / $n")"
 }
 rss_kib() { # pids... -> summed VmRSS in KiB
   local sum=0 p v
@@ -331,15 +350,24 @@ rss_kib() { # pids... -> summed VmRSS in KiB
 }
 # Connections the backend accepted: SYNs to its port, counted by an nftables rule in this
 # namespace; without nftables, PassiveOpens of the namespace (client + backend connections).
+# The rule sits in the input hook, so every packet of every proxy goes through it: kernel
+# work that is the same for all targets and dilutes the gateway/nginx ratios. It is therefore
+# installed only for a short counting pass of the new-connection scenario (nft_on ... nft_off)
+# and is absent while any CPU, latency or memory figure is measured.
+nft_on() {
+  nft add table inet gwbench 2>/dev/null \
+    && nft add counter inet gwbench bsyn \
+    && nft add chain inet gwbench in '{ type filter hook input priority 0; policy accept; }' \
+    && nft add rule inet gwbench in tcp dport $P_BACKEND 'tcp flags & (syn|ack) == syn' counter name bsyn
+}
+nft_off() { nft delete table inet gwbench 2>/dev/null || true; }
 BACKEND_SYN=0
-if [ "${NO_NETNS:-0}" != 1 ] && command -v nft >/dev/null 2>&1 \
-   && nft add table inet gwbench 2>/dev/null \
-   && nft add counter inet gwbench bsyn \
-   && nft add chain inet gwbench in '{ type filter hook input priority 0; policy accept; }' \
-   && nft add rule inet gwbench in tcp dport $P_BACKEND 'tcp flags & (syn|ack) == syn' counter name bsyn; then
+if [ "${NO_NETNS:-0}" != 1 ] && command -v nft >/dev/null 2>&1 && nft_on; then
   BACKEND_SYN=1
 fi
-log "backend connection count: $([ $BACKEND_SYN = 1 ] && echo "nftables SYN counter on :$P_BACKEND" || echo "PassiveOpens - requests")"
+nft_off
+COUNT_DURATION=${COUNT_DURATION:-2}   # seconds of the new-connection counting pass
+log "backend connection count: $([ $BACKEND_SYN = 1 ] && echo "nftables SYN counter on :$P_BACKEND, ${COUNT_DURATION} s counting pass after each new-connection run (no rule during the measured runs)" || echo "PassiveOpens - requests")"
 backend_syns() { nft list counter inet gwbench bsyn | awk '{ for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'; }
 passive_opens() { awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1 } else print $c }' /proc/net/snmp; }
 port_of() { case $1 in gw) echo $P_GW ;; bare) echo $P_BARE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; esac; }
@@ -379,15 +407,15 @@ wrk_parse() { # file -> "rps reqs p50_us p99_us errors"
 }
 
 scn_http() { # target run mode(ka|close)
-  local t=$1 run=$2 mode=$3 port pids c0 c1 po0 po1 f hdr=()
+  local t=$1 run=$2 mode=$3 port pids c0 c1 po0=0 po1=0 f hdr=()
   port=$(port_of "$t"); pids=$(target_pids "$t")
   [ "$mode" = close ] && hdr=(-H "Connection: close")
   f="$WORK/logs/wrk-$mode-$t-$run.txt"
-  if [ $BACKEND_SYN = 1 ]; then po0=$(backend_syns); else po0=$(passive_opens); fi
+  [ $BACKEND_SYN = 1 ] || po0=$(passive_opens)
   c0=$(cpu_ticks $pids)
   bounded $((DURATION + 30)) taskset -c 1 wrk -t1 -c"$HTTP_CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/health" >"$f" 2>&1 || true
   c1=$(cpu_ticks $pids)
-  if [ $BACKEND_SYN = 1 ]; then po1=$(backend_syns); else po1=$(passive_opens); fi
+  [ $BACKEND_SYN = 1 ] || po1=$(passive_opens)
   read -r rps reqs p50 p99 errs < <(wrk_parse "$f")
   local s=http_$mode
   record $s rps "$t" "$run" "$rps"
@@ -395,20 +423,35 @@ scn_http() { # target run mode(ka|close)
   record $s p99_us "$t" "$run" "$p99"
   record $s errors "$t" "$run" "$errs"
   if [ "$t" != direct ] && [ "${reqs:-0}" -gt 0 ]; then
-    record $s cpu_us "$t" "$run" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $reqs")"
+    record_cpu $s "$t" "$run" "$c0" "$c1" "$reqs"
   fi
+  local extra=""
   if [ "$mode" = close ] && [ "${reqs:-0}" -gt 0 ]; then
-    local opens=$((po1 - po0)) b
-    if [ $BACKEND_SYN = 1 ] || [ "$t" = direct ]; then
-      b=$opens   # SYNs to the backend port (direct: the client connections are the backend's)
+    local b n=$reqs
+    if [ $BACKEND_SYN = 1 ]; then
+      # Counting pass: the same load for COUNT_DURATION s with the SYN-counter rule installed
+      # (pool warm from the run above); SYNs to the backend port per request of this pass.
+      # Direct: the client connections are the backend's.
+      local fc="$WORK/logs/wrk-count-$t-$run.txt"
+      b=0; n=0
+      if nft_on; then
+        bounded $((COUNT_DURATION + 30)) taskset -c 1 wrk -t1 -c"$HTTP_CONNS" -d"${COUNT_DURATION}s" "${hdr[@]}" "http://127.0.0.1:$port/health" >"$fc" 2>&1 || true
+        b=$(backend_syns); b=${b:-0}
+        read -r _ n _ _ _ < <(wrk_parse "$fc")
+      fi
+      nft_off
     else
       # PassiveOpens = client connections (one per request, +<=HTTP_CONNS in flight at the end)
       # + connections the backend accepted.
-      b=$((opens - reqs)); [ $b -lt 0 ] && b=0
+      b=$((po1 - po0))
+      if [ "$t" != direct ]; then b=$((b - reqs)); [ $b -lt 0 ] && b=0; fi
     fi
-    record $s backend_conns_per_1k "$t" "$run" "$(calc "$b * 1000 / $reqs")"
+    if [ "${n:-0}" -gt 0 ]; then
+      record $s backend_conns_per_1k "$t" "$run" "$(calc "$b * 1000 / $n")"
+      extra=", backend conns $b per $n requests"
+    fi
   fi
-  log "  $s $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs cpu $((c1 - c0)) ticks"
+  log "  $s $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs cpu $(ticks_used "$c0" "$c1") ticks$extra"
 }
 
 scn_ws_echo() { # target run
@@ -424,9 +467,9 @@ scn_ws_echo() { # target run
   record ws_echo p99_us "$t" "$run" "$(jget "$out" p99_us)"
   record ws_echo errors "$t" "$run" "$(( $(jget "$out" errors) + WS_CONNS - $(jget "$out" connected) ))"
   if [ "$t" != direct ] && [ "$msgs" -gt 0 ]; then
-    record ws_echo cpu_us "$t" "$run" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $msgs")"
+    record_cpu ws_echo "$t" "$run" "$c0" "$c1" "$msgs"
   fi
-  log "  ws_echo $t: $out cpu $((c1 - c0)) ticks"
+  log "  ws_echo $t: $out cpu $(ticks_used "$c0" "$c1") ticks"
 }
 
 scn_ws_idle() { # target run  (fresh proxy process: RSS before vs while IDLE_CONNS are held)
@@ -455,15 +498,31 @@ scn_ws_idle() { # target run  (fresh proxy process: RSS before vs while IDLE_CON
   r2=$(rss_kib $pids)
   [ "$r2" -gt "$r1" ] && r1=$r2
   wait $wp 2>/dev/null || true
+  # After the close (wsbench has closed every WebSocket and exited): RSS every 0.5 s until it
+  # has not fallen for 6 s (longer than the gateway's 5 s heap-trim interval) or 12 s have
+  # passed, whichever comes first; the last reading counts.
+  local r3 r3min i still=0 waited=0
+  r3=$(rss_kib $pids); r3min=$r3
+  for i in $(seq 24); do
+    sleep 0.5
+    r3=$(rss_kib $pids)
+    if [ "$r3" -lt $(( r3min - (r3min / 100 > 256 ? r3min / 100 : 256) )) ]; then still=0; else still=$((still + 1)); fi
+    [ "$r3" -lt "$r3min" ] && r3min=$r3
+    waited=$(awk -v i="$i" 'BEGIN { printf "%.1f", i / 2 }')
+    [ $still -ge 12 ] && break
+  done
   out=$(tail -1 "$f"); [[ "$out" == "{"* ]] || out='{}'
   local alive; alive=$(jget "$out" alive)
   record ws_idle base_mib "$t" "$run" "$(calc "$r0 / 1024")"
   record ws_idle held_mib "$t" "$run" "$(calc "$r1 / 1024")"
+  record ws_idle after_mib "$t" "$run" "$(calc "$r3 / 1024")"
+  [ "$r0" -gt 0 ] && record ws_idle after_ratio "$t" "$run" "$(calc "$r3 / $r0")"
+  record ws_idle after_wait_s "$t" "$run" "$waited"
   if [ "${connected:-0}" -gt 0 ]; then
     record ws_idle kib_per_conn "$t" "$run" "$(calc "($r1 - $r0) / $connected")"
   fi
   record ws_idle errors "$t" "$run" "$(( IDLE_CONNS - alive ))"
-  log "  ws_idle $t: connected $connected, RSS ${r0} -> ${r1} KiB, $out"
+  log "  ws_idle $t: connected $connected, RSS ${r0} -> ${r1} KiB held -> ${r3} KiB ${waited} s after the close, $out"
 }
 
 scn_sio() { # target(gwsio|direct) run
@@ -488,9 +547,9 @@ scn_sio() { # target(gwsio|direct) run
   record sio errors "$col" "$run" "$(( $(jget "$out" errors) + $(jget "$out1" errors) ))"
   local reqs; reqs=$(jget "$out" http_requests)
   if [ "$t" = gwsio ] && [ "$reqs" -gt 0 ]; then
-    record sio cpu_us "$col" "$run" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $reqs")"
+    record_cpu sio "$col" "$run" "$c0" "$c1" "$reqs"
   fi
-  log "  sio $t: $out | 1 client: $out1 | cpu $((c1 - c0)) ticks"
+  log "  sio $t: $out | 1 client: $out1 | cpu $(ticks_used "$c0" "$c1") ticks"
 }
 
 # ---- the runs ----------------------------------------------------------------------------
@@ -514,10 +573,12 @@ echo "$sid_out" >"$WORK/sid.json"
 echo "$route_out" >"$WORK/route.json"
 
 # ---- report ------------------------------------------------------------------------------
-NGINX_V=$(nginx -v 2>&1 | head -1)
-HAPROXY_V=$(haproxy -v 2>&1 | head -1)
-GW_V=$("$GW" --version 2>&1 | head -1)
-CPU_MODEL=$(lscpu 2>/dev/null | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')
+# First lines read with `sed -n 1p` (reads everything): `head -1` may exit before the writer is
+# done, and its SIGPIPE (exit 141) would stop the script here under `set -o pipefail`.
+NGINX_V=$(nginx -v 2>&1 | sed -n 1p)
+HAPROXY_V=$(haproxy -v 2>&1 | sed -n 1p)
+GW_V=$("$GW" --version 2>&1 | sed -n 1p)
+CPU_MODEL=$(lscpu 2>/dev/null | awk -F: '/Model name/ && !m {gsub(/^ +/, "", $2); m = $2} END {print m}')
 ELAPSED=$(( $(date +%s) - ${BENCH_START_TS:-$(date +%s)} ))
 python3 "$ROOT/bench/report.py" --results "$RES" --sid "$WORK/sid.json" --route "$WORK/route.json" \
   --out "$ROOT/bench/results.md" --date "$(date -u +'%Y-%m-%d %H:%M UTC')" --nproc "$(nproc)" \
