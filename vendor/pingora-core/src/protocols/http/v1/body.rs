@@ -246,7 +246,15 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // pingora-gateway patch: a buffer for this body, not always body_buf_size
+                // (64 KiB) even when the whole body came with the header.
+                let cap = cl.min(self.body_buf_size).max(buf_to_rewind.len());
+                let mut body_buf = BytesMut::with_capacity(cap);
+                if !buf_to_rewind.is_empty() {
+                    self.rewind_buf_len = buf_to_rewind.len();
+                    body_buf.put_slice(buf_to_rewind);
+                }
+                self.body_buf = Some(body_buf);
                 self.body_state = PS::Partial(0, cl);
             }
         }
