@@ -3,7 +3,7 @@
 
 use crate::config::{ForwardedConf, HeaderRulesConf, Issues, XffMode};
 use http::header::{HeaderName, HeaderValue};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::{CaseHeaderName, RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
 /// Something whose headers can be edited: Pingora's request or response header.
@@ -160,6 +160,11 @@ static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
+/// A header name with its wire spelling, inserted without parsing or copying the name.
+fn named(name: &HeaderName, wire: &'static str) -> (HeaderName, CaseHeaderName) {
+    (name.clone(), CaseHeaderName::from_static(wire))
+}
+
 /// The compiled forwarded-header policy.
 #[derive(Debug, Clone)]
 pub struct Forwarded {
@@ -232,7 +237,7 @@ impl Forwarded {
                 let real = self.client_ip(peer, req);
                 let mut b = [0u8; 64];
                 let real_s = fmt_ip(real, &mut b);
-                let _ = req.insert_header(XRI.clone(), real_s);
+                let _ = req.insert_header(named(&XRI, "X-Real-IP"), real_s);
             }
             match self.xff {
                 XffMode::Off => {}
@@ -248,27 +253,30 @@ impl Forwarded {
                     }
                     joined.push_str(", ");
                     joined.push_str(peer_s);
-                    let _ = req.insert_header(XFF.clone(), joined);
+                    let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), joined);
                 }
                 _ => {
-                    let _ = req.insert_header(XFF.clone(), peer_s);
+                    let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), peer_s);
                 }
             }
         }
         if self.proto && !(trusted && req.headers.contains_key(&XFP)) {
-            let _ = req.insert_header(XFP.clone(), if tls { "https" } else { "http" });
+            let _ = req.insert_header(
+                named(&XFP, "X-Forwarded-Proto"),
+                HeaderValue::from_static(if tls { "https" } else { "http" }),
+            );
         }
         if self.host && !(trusted && req.headers.contains_key(&XFH)) {
             if let Some(h) = req.headers.get(http::header::HOST).cloned() {
-                let _ = req.insert_header(XFH.clone(), h);
+                let _ = req.insert_header(named(&XFH, "X-Forwarded-Host"), h);
             } else if let Some(a) = req.uri.authority().map(|a| a.as_str().to_owned()) {
-                let _ = req.insert_header(XFH.clone(), a);
+                let _ = req.insert_header(named(&XFH, "X-Forwarded-Host"), a);
             }
         }
         if self.port && !(trusted && req.headers.contains_key(&XFPORT)) {
             if let Some(p) = local_port {
                 let mut b = itoa_buf();
-                let _ = req.insert_header(XFPORT.clone(), fmt_u16(p, &mut b));
+                let _ = req.insert_header(named(&XFPORT, "X-Forwarded-Port"), fmt_u16(p, &mut b));
             }
         }
     }
