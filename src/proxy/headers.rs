@@ -229,6 +229,14 @@ impl Forwarded {
         tls: bool,
         local_port: Option<u16>,
     ) {
+        // Room for every header added below in one step (not a grow per insert).
+        req.reserve_headers(
+            self.real_ip as usize
+                + (self.xff != XffMode::Off) as usize
+                + self.proto as usize
+                + self.host as usize
+                + self.port as usize,
+        );
         let trusted = peer.is_some_and(|p| self.is_trusted(p));
         if let Some(peer) = peer {
             let mut ip_buf = [0u8; 64];

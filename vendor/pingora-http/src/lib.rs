@@ -147,6 +147,17 @@ impl Deref for RequestHeader {
 }
 
 impl RequestHeader {
+    /// pingora-gateway patch: make room for `additional` more headers in the value map and the
+    /// case map at once, so a proxy that adds several headers (X-Forwarded-*, ...) to a request
+    /// parsed with room for its own headers only does not grow (reallocate and rehash) both
+    /// maps step by step.
+    pub fn reserve_headers(&mut self, additional: usize) {
+        self.base.headers.reserve(additional);
+        if let Some(map) = self.header_name_map.as_mut() {
+            map.reserve(additional);
+        }
+    }
+
     fn new_no_case(size_hint: Option<usize>) -> Self {
         let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
