@@ -41,6 +41,7 @@ fn broken_configs_name_key_and_reason() {
         ("listeners: [ { address: localhost } ]\n", &["listeners[0].address: invalid socket address \"localhost\""]),
         ("listeners: [ { address: 127.0.0.1:1, read_buffer: 99999999 } ]\n", &["listeners[0].read_buffer: 99999999 bytes is more than the 1048576 allowed"]),
         ("server: { pid_file: run/gw.pid, threadz: 2 }\n", &["server.pid_file: must be an absolute path", "server.threadz: unknown key"]),
+        ("server: { threads: 0, grace_period_seconds: 99999999 }\n", &["server.threads: 0 is out of range 1..=256", "server.grace_period_seconds: 99999999 is out of range 0..=3600"]),
         ("upstreams:\n  p: { servers: [ { address: 127.0.0.1:1 } ], timeouts: { idle: forever } }\n", &["upstreams.p.timeouts.idle: invalid duration \"forever\""]),
         ("upstreams:\n  p: { servers: [], balance: fastest }\n", &["upstreams.p.balance: unknown variant `fastest`"]),
         ("upstreams:\n  p: { servers: [] }\nroutes: [ { upstream: p } ]\n", &["upstreams.p.servers: needs at least one server"]),

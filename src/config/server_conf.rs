@@ -6,6 +6,20 @@ use pingora_core::server::configuration::ServerConf;
 /// Path-valued `ServerConf` keys that must be absolute (the binary upgrade hands over by path).
 const PATH_KEYS: &[&str] = &["pid_file", "upgrade_sock", "error_log"];
 
+/// Numeric keys with the range `-t` accepts: anything outside fails at start (0 threads
+/// panics, a million threads aborts) or never finishes (a grace period of `u64::MAX`).
+const RANGES: &[(&str, u64, u64)] = &[
+    ("threads", 1, 256),
+    ("grace_period_seconds", 0, 3600),
+    ("graceful_shutdown_timeout_seconds", 0, 600),
+    ("upstream_keepalive_pool_size", 0, 1_000_000),
+];
+
+/// Defaults that fit `conf/gateway.service` (`TimeoutStopSec=90`): in-flight work gets 60 s
+/// after SIGTERM, then at most 5 s more. (Pingora's own grace period default is 300 s.)
+const DEFAULT_GRACE_PERIOD: u64 = 60;
+const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 5;
+
 /// Builds Pingora's `ServerConf` from the `server:` mapping, recording problems in `issues`.
 pub fn server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> ServerConf {
     let known = serde_yaml::to_value(ServerConf::default()).unwrap_or_default();
@@ -28,6 +42,14 @@ pub fn server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> ServerConf
                 ),
             );
             ok = false;
+        } else if let Some((_, lo, hi)) = RANGES.iter().find(|(k, _, _)| *k == key) {
+            if let Some(n) = v.as_u64().filter(|n| n < lo || n > hi) {
+                issues.error(
+                    format!("server.{key}"),
+                    format!("{n} is out of range {lo}..={hi}"),
+                );
+                ok = false;
+            }
         } else if PATH_KEYS.contains(&key) {
             if let Some(p) = v.as_str() {
                 if !p.starts_with('/') {
@@ -54,6 +76,12 @@ pub fn server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> ServerConf
             if !map.contains_key("work_stealing") {
                 c.work_stealing = false;
             }
+            if !map.contains_key("grace_period_seconds") {
+                c.grace_period_seconds = Some(DEFAULT_GRACE_PERIOD);
+            }
+            if !map.contains_key("graceful_shutdown_timeout_seconds") {
+                c.graceful_shutdown_timeout_seconds = Some(DEFAULT_SHUTDOWN_TIMEOUT);
+            }
             c
         }
         Err(e) => {
@@ -79,6 +107,33 @@ mod tests {
         assert!(issues.errors.is_empty(), "{:?}", issues.errors);
         assert_eq!(c.threads, 2);
         assert!(!c.work_stealing);
+    }
+
+    #[test]
+    fn shutdown_defaults_fit_the_unit_file() {
+        let (c, _) = conf("{}");
+        assert_eq!(c.grace_period_seconds, Some(60));
+        assert_eq!(c.graceful_shutdown_timeout_seconds, Some(5));
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_errors() {
+        for (yaml, want) in [
+            ("{ threads: 0 }", "0 is out of range 1..=256"),
+            ("{ threads: 1000000 }", "1000000 is out of range 1..=256"),
+            ("{ grace_period_seconds: 18446744073709551615 }", "out of range 0..=3600"),
+            ("{ graceful_shutdown_timeout_seconds: 100000 }", "out of range 0..=600"),
+        ] {
+            let (_, issues) = conf(yaml);
+            assert!(
+                issues.errors.iter().any(|e| e.to_string().contains(want)),
+                "{yaml}: {:?}",
+                issues.errors
+            );
+        }
+        let (c, issues) = conf("{ threads: 256, grace_period_seconds: 0 }");
+        assert!(issues.errors.is_empty(), "{:?}", issues.errors);
+        assert_eq!(c.threads, 256);
     }
 
     #[test]
