@@ -221,3 +221,33 @@ async fn sticky_cookie_is_set_honoured_and_reissued() {
         assert!(!fresh.contains(&t[1]), "{fresh}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_with_two_sids_is_refused_not_rewritten() {
+    // Two sids with different tags: routing by one while the backend reads the other (or
+    // rewriting one into the other) would mix sessions; engine.io's "Bad request" instead.
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = Gateway::start(&config(&[&a, &b], "{ socketio: true }"));
+    let t = tags(&gw).await;
+    let before = a.app_hits() + b.app_hits();
+    let r = get(
+        gw.port,
+        "x",
+        &format!(
+            "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA.{}&sid=BBBBBBBBBBBBBBBBBBBB.{}",
+            t[0], t[1]
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("\"code\":3"), "{}", r.text());
+    assert_eq!(a.app_hits() + b.app_hits(), before, "reached a backend");
+    // One sid still routes as before.
+    let r = get(
+        gw.port,
+        "x",
+        &format!("/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA.{}", t[1]),
+    )
+    .await;
+    assert_eq!(r.backend().as_deref(), Some("b"));
+}

@@ -155,6 +155,14 @@ pub fn tag_handshake(body: &[u8], tag: &str) -> Option<Tagged> {
 
 /// The `400 Session ID unknown` body engine.io itself sends, so clients reconnect.
 pub const SESSION_UNKNOWN: &[u8] = br#"{"code":1,"message":"Session ID unknown"}"#;
+/// engine.io's answer to a malformed request (code 3), used for a query with two `sid`s.
+pub const BAD_REQUEST: &[u8] = br#"{"code":3,"message":"Bad request"}"#;
+
+/// Whether the query carries more than one `sid` parameter: which one the backend reads is
+/// its choice, so such a request is refused rather than routed by one and served by another.
+pub fn has_several_sids(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').filter(|kv| kv.starts_with("sid=")).count() > 1)
+}
 
 /// Whether a backend's 400 body is engine.io's "Session ID unknown".
 pub fn is_session_unknown(body: &[u8]) -> bool {

@@ -89,13 +89,28 @@ fn json_ct() -> (header::HeaderName, header::HeaderValue) {
     )
 }
 
+/// Why affinity refuses a request.
+enum Refusal {
+    /// The sid names a backend that is down: "Session ID unknown", so the client reconnects.
+    SessionUnknown,
+    /// The query carries several sids: engine.io's "Bad request".
+    SeveralSids,
+}
+
 /// Applies affinity to a request bound for `pool`: pins it to a backend (sid tag, sid table,
-/// sticky cookie) or marks a handshake. Returns `false` when the sid names a backend that is
-/// down: the caller answers "Session ID unknown" so the client reconnects elsewhere.
-fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ctx) -> bool {
+/// sticky cookie) or marks a handshake; or says why the request must be refused.
+fn apply_affinity(
+    pool: &Pool,
+    aff: &Affinity,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<(), Refusal> {
     if let Some(sio) = &aff.socketio_path {
         if req.uri.path().starts_with(sio.as_str()) {
             let query = req.uri.query();
+            if affinity::has_several_sids(query) {
+                return Err(Refusal::SeveralSids);
+            }
             if let Some(sid) = affinity::sid_param(query) {
                 let (base, tagged) = match affinity::split_tag(sid) {
                     Some((base, tag)) => (base, aff.backend_by_tag(tag)),
@@ -113,7 +128,7 @@ fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ct
                 if let Some(idx) = found {
                     if !pool.backends[idx].usable() {
                         aff.table.remove(base);
-                        return false;
+                        return Err(Refusal::SessionUnknown);
                     }
                     ctx.pinned = Some(idx);
                     ctx.sid_pinned = true;
@@ -135,7 +150,7 @@ fn apply_affinity(pool: &Pool, aff: &Affinity, req: &RequestHeader, ctx: &mut Ct
             }
         }
     }
-    true
+    Ok(())
 }
 
 /// The https URL of a plain-HTTP request: same host (port replaced) and path.
@@ -264,16 +279,19 @@ impl ProxyHttp for Gateway {
                 ctx.pool = Some(*pool);
                 let p = &self.rt.pools[*pool];
                 if let Some(aff) = &p.affinity {
-                    if !apply_affinity(p, aff, session.req_header(), ctx) {
-                        log::info!("upstream {}: sid of {} names a backend that is down: Session ID unknown", p.name, session.req_header().uri);
-                        respond(
-                            session,
-                            400,
-                            &[json_ct()],
-                            Bytes::from_static(affinity::SESSION_UNKNOWN),
-                            None,
-                        )
-                        .await?;
+                    if let Err(refusal) = apply_affinity(p, aff, session.req_header(), ctx) {
+                        let body = match refusal {
+                            Refusal::SessionUnknown => {
+                                log::info!("upstream {}: sid of {} names a backend that is down: Session ID unknown", p.name, session.req_header().uri);
+                                affinity::SESSION_UNKNOWN
+                            }
+                            Refusal::SeveralSids => {
+                                log::info!("upstream {}: {} carries several sids: refused", p.name, session.req_header().uri);
+                                affinity::BAD_REQUEST
+                            }
+                        };
+                        respond(session, 400, &[json_ct()], Bytes::from_static(body), None)
+                            .await?;
                         return Ok(true);
                     }
                 }
