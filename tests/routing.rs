@@ -255,3 +255,47 @@ async fn forwarded_port_names_the_listener_reached() {
     let other = get(second, "x.test", "/p").await.json();
     assert_eq!(other["headers"]["x-forwarded-port"], second.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_targets_route_by_their_authority_and_go_upstream_in_origin_form() {
+    // `GET http://evil/x` with no Host must not slip past a host route, nor reach the backend
+    // with the absolute target and no Host of its own.
+    let b = Backend::start("b").await;
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+upstreams: {{ app: {{ servers: [ {{ address: "{}" }} ] }} }}
+routes:
+  - {{ match: {{ host: evil }}, respond: {{ status: 403, body: "no\n" }} }}
+  - {{ upstream: app }}
+"#,
+        b.addr
+    ));
+    let r = http(gw.port, "GET http://evil/api/x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "routed past the host route: {}", r.text());
+    assert_eq!(b.app_hits(), 0);
+
+    let r = http(
+        gw.port,
+        "GET http://good:8080/api/y?q=1 HTTP/1.1\r\nHost: good:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["path"], "/api/y?q=1", "{j}");
+    assert_eq!(j["headers"]["host"], "good:8080", "{j}");
+
+    // A Host that disagrees with the target's authority is refused (Pingora's 400).
+    let r = http(
+        gw.port,
+        "GET http://good/api/z HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(b.app_hits(), 1);
+}

@@ -172,13 +172,27 @@ fn https_location(req: &RequestHeader, https_port: Option<u16>) -> header::Heade
     header::HeaderValue::try_from(url).unwrap_or_else(|_| header::HeaderValue::from_static("/"))
 }
 
-/// Host of the request: the Host header, or the URI authority (HTTP/2).
+/// Host of the request: the authority of an absolute-form target (which RFC 9112 says wins
+/// over Host, as in nginx), else the Host header, else the URI authority (HTTP/2).
 fn request_host(req: &RequestHeader) -> &str {
-    req.headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    absolute_authority(req)
+        .or_else(|| req.headers.get(header::HOST).and_then(|v| v.to_str().ok()))
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("")
+}
+
+/// The authority of an HTTP/1 absolute-form request target (`GET http://host/path`).
+fn absolute_authority(req: &RequestHeader) -> Option<&str> {
+    let raw = req.raw_path();
+    let rest = [&b"http://"[..], b"https://"].iter().find_map(|scheme| {
+        (raw.len() > scheme.len() && raw[..scheme.len()].eq_ignore_ascii_case(scheme))
+            .then(|| &raw[scheme.len()..])
+    })?;
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -440,6 +454,20 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.map(|r| self.rt.router.get(r)) else {
             return Ok(());
         };
+        // An absolute-form target goes upstream in origin form, its authority as Host (what
+        // the route was chosen by), as nginx sends it.
+        if let Some(authority) = absolute_authority(upstream_request) {
+            let host = header::HeaderValue::from_str(authority).map_err(|e| {
+                Error::because(ErrorType::InvalidHTTPHeader, "request target authority", e)
+            })?;
+            let origin = upstream_request
+                .uri
+                .path_and_query()
+                .cloned()
+                .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+            upstream_request.set_uri(origin);
+            upstream_request.insert_header(header::HOST, host)?;
+        }
         if let Some(pq) = route
             .rewrite
             .apply(upstream_request.uri.path(), upstream_request.uri.query())
