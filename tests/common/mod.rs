@@ -130,15 +130,7 @@ impl Gateway {
     /// `template` may contain `{PORT}` and `{ADMIN}`, replaced with fresh free ports.
     /// Waits until the proxy port accepts connections; panics (with the log) on failure.
     pub fn start(template: &str) -> Gateway {
-        let port = free_port();
-        let mut admin_port = free_port();
-        while admin_port == port {
-            admin_port = free_port();
-        }
-        let yaml = template
-            .replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string());
-        Self::start_with(&yaml, port, admin_port)
+        Self::start_bin(gateway_bin(), template)
     }
 
     /// `yaml` is used verbatim; the caller says which ports it configures.
@@ -169,13 +161,32 @@ impl Gateway {
     }
 
     /// Like `start`, running another gateway binary (e.g. a custom build from `examples/`).
+    /// A port from `free_port` can be taken by another test before the gateway binds it
+    /// (Pingora then logs "is in use" and the port answers for someone else): start again on
+    /// fresh ports.
     pub fn start_bin(bin: &str, template: &str) -> Gateway {
-        let port = free_port();
-        let admin_port = free_port();
-        let yaml = template
-            .replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string());
-        Self::try_start_bin(bin, &yaml, port, admin_port, &[]).unwrap_or_else(|e| panic!("{e}"))
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut admin_port = free_port();
+            while admin_port == port {
+                admin_port = free_port();
+            }
+            let yaml = template
+                .replace("{PORT}", &port.to_string())
+                .replace("{ADMIN}", &admin_port.to_string());
+            let gw = Self::try_start_bin(bin, &yaml, port, admin_port, &[])
+                .unwrap_or_else(|e| panic!("{e}"));
+            // The admin service starts after the proxy's listeners are bound (or refused).
+            if !yaml.contains(&format!(":{admin_port}")) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !gw.log().contains("is in use") {
+                return gw;
+            }
+            last = gw.log();
+        }
+        panic!("no free ports after 5 tries; last gateway log:\n{last}");
     }
 
     /// Starts `bin -c <file> extra_args...` and waits for its listeners.
