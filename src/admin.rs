@@ -1,5 +1,6 @@
 //! The admin listener: `GET /health` (the gateway itself) and `GET /status` (JSON: pools,
-//! backends, health, in-flight counts).
+//! backends, health, in-flight counts). GET and HEAD only (405 otherwise), and only under an
+//! IP address or `localhost` as Host (403 otherwise).
 
 use crate::runtime::Runtime;
 use async_trait::async_trait;
@@ -80,10 +81,46 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u
         .unwrap_or_default()
 }
 
+/// Whether `host` (a Host header value) may address the admin listener: an IP literal or
+/// `localhost`. A DNS-rebinding page in an operator's browser reaches it under its own
+/// hostname, which is refused, so it cannot read backend addresses and node tags.
+fn admin_host_allowed(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
+        let req = session.req_header();
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            let mut r = reply(405, "text/plain", b"method not allowed\n".to_vec());
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return r;
+        }
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !admin_host_allowed(host) {
+            return reply(
+                403,
+                "text/plain",
+                b"the admin listener answers to an IP address or localhost only\n".to_vec(),
+            );
+        }
+        let path = req.uri.path().to_string();
         match path.as_str() {
             "/health" => reply(200, "text/plain", b"OK\n".to_vec()),
             "/status" => {
@@ -96,6 +133,21 @@ impl ServeHttp for Admin {
                 "text/plain",
                 b"not found: try /health or /status\n".to_vec(),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_host_allowed;
+
+    #[test]
+    fn hosts_the_admin_listener_answers_to() {
+        for ok in ["127.0.0.1:9901", "127.0.0.1", "localhost:9901", "LOCALHOST", "[::1]:9901", "10.1.2.3:80"] {
+            assert!(admin_host_allowed(ok), "{ok}");
+        }
+        for bad in ["", "evil.example", "evil.example:9901", "localhost.evil.example", "[evil]:1", "127.0.0.1.nip.io"] {
+            assert!(!admin_host_allowed(bad), "{bad}");
         }
     }
 }

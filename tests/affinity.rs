@@ -89,7 +89,7 @@ async fn sid_of_a_dead_node_gets_session_id_unknown_at_once() {
     // After it: answered without trying the node.
     assert!(
         eventually(Duration::from_secs(3), || async {
-            get(gw.admin_port, "l", "/status").await.json()["pools"]["rt"]["backends"][1]["healthy"]
+            get(gw.admin_port, "localhost", "/status").await.json()["pools"]["rt"]["backends"][1]["healthy"]
                 == false
         })
         .await
@@ -203,7 +203,7 @@ async fn sticky_cookie_is_set_honoured_and_reissued() {
     b.stop();
     assert!(
         eventually(Duration::from_secs(3), || async {
-            get(gw.admin_port, "l", "/status").await.json()["pools"]["rt"]["healthy"] == 2
+            get(gw.admin_port, "localhost", "/status").await.json()["pools"]["rt"]["healthy"] == 2
         })
         .await
     );

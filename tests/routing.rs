@@ -299,3 +299,26 @@ routes:
     assert_eq!(r.status, 400);
     assert_eq!(b.app_hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_answers_get_under_an_ip_or_localhost_only() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = Gateway::start(&config(&a, &b, ""));
+    let ip_host = format!("127.0.0.1:{}", gw.admin_port);
+    assert_eq!(get(gw.admin_port, &ip_host, "/status").await.status, 200);
+    assert_eq!(get(gw.admin_port, "localhost", "/health").await.status, 200);
+    // A DNS-rebinding page reaches the listener under its own name: refused.
+    let r = get(gw.admin_port, "rebind.evil.example", "/status").await;
+    assert_eq!(r.status, 403);
+    assert!(!r.text().contains("backends"), "{}", r.text());
+    for method in ["POST", "DELETE", "FOO"] {
+        let r = http(
+            gw.admin_port,
+            &format!("{method} /status HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method}");
+    }
+}
