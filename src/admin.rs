@@ -85,14 +85,10 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u
 /// `localhost`. A DNS-rebinding page in an operator's browser reaches it under its own
 /// hostname, which is refused, so it cannot read backend addresses and node tags.
 fn admin_host_allowed(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest
-            .split_once(']')
-            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
+    let name = crate::util::host_without_port(host);
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 

@@ -22,6 +22,7 @@ pub mod server;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+mod util;
 
 pub use config::{Config, ConfigError};
 pub use filter::{Filter, Registry};

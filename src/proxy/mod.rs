@@ -155,12 +155,7 @@ fn apply_affinity(
 
 /// The https URL of a plain-HTTP request: same host (port replaced) and path.
 fn https_location(req: &RequestHeader, https_port: Option<u16>) -> header::HeaderValue {
-    let host = request_host(req);
-    let host = if host.starts_with('[') {
-        host.find(']').map_or(host, |i| &host[..=i])
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
+    let host = crate::util::host_without_port(request_host(req));
     let mut url = String::with_capacity(host.len() + 32);
     url.push_str("https://");
     url.push_str(host);

@@ -174,7 +174,13 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_sized(buf_to_rewind, self.body_buf_size);
+    }
+
+    /// pingora-gateway patch: [`Self::prepare_buf`] with room for `size` bytes (at least the
+    /// bytes to rewind) instead of always `body_buf_size`.
+    fn prepare_buf_sized(&mut self, buf_to_rewind: &[u8], size: usize) {
+        let mut body_buf = BytesMut::with_capacity(size.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -248,13 +254,7 @@ impl BodyReader {
             _ => {
                 // pingora-gateway patch: a buffer for this body, not always body_buf_size
                 // (64 KiB) even when the whole body came with the header.
-                let cap = cl.min(self.body_buf_size).max(buf_to_rewind.len());
-                let mut body_buf = BytesMut::with_capacity(cap);
-                if !buf_to_rewind.is_empty() {
-                    self.rewind_buf_len = buf_to_rewind.len();
-                    body_buf.put_slice(buf_to_rewind);
-                }
-                self.body_buf = Some(body_buf);
+                self.prepare_buf_sized(buf_to_rewind, cl.min(self.body_buf_size));
                 self.body_state = PS::Partial(0, cl);
             }
         }
