@@ -139,10 +139,24 @@ mod tests {
 
     #[test]
     fn hosts_the_admin_listener_answers_to() {
-        for ok in ["127.0.0.1:9901", "127.0.0.1", "localhost:9901", "LOCALHOST", "[::1]:9901", "10.1.2.3:80"] {
+        for ok in [
+            "127.0.0.1:9901",
+            "127.0.0.1",
+            "localhost:9901",
+            "LOCALHOST",
+            "[::1]:9901",
+            "10.1.2.3:80",
+        ] {
             assert!(admin_host_allowed(ok), "{ok}");
         }
-        for bad in ["", "evil.example", "evil.example:9901", "localhost.evil.example", "[evil]:1", "127.0.0.1.nip.io"] {
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:9901",
+            "localhost.evil.example",
+            "[evil]:1",
+            "127.0.0.1.nip.io",
+        ] {
             assert!(!admin_host_allowed(bad), "{bad}");
         }
     }

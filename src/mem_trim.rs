@@ -38,7 +38,11 @@ impl pingora_core::services::background::BackgroundService for MemTrim {
                 trim();
                 rss_after_trim = rss_bytes();
                 min_free = heap_free();
-                log::debug!("heap trimmed: RSS {} -> {} KiB", rss >> 10, rss_after_trim >> 10);
+                log::debug!(
+                    "heap trimmed: RSS {} -> {} KiB",
+                    rss >> 10,
+                    rss_after_trim >> 10
+                );
             }
         }
     }

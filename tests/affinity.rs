@@ -89,7 +89,8 @@ async fn sid_of_a_dead_node_gets_session_id_unknown_at_once() {
     // After it: answered without trying the node.
     assert!(
         eventually(Duration::from_secs(3), || async {
-            get(gw.admin_port, "localhost", "/status").await.json()["pools"]["rt"]["backends"][1]["healthy"]
+            get(gw.admin_port, "localhost", "/status").await.json()["pools"]["rt"]["backends"][1]
+                ["healthy"]
                 == false
         })
         .await
@@ -246,7 +247,10 @@ async fn a_query_with_two_sids_is_refused_not_rewritten() {
     let r = get(
         gw.port,
         "x",
-        &format!("/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA.{}", t[1]),
+        &format!(
+            "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA.{}",
+            t[1]
+        ),
     )
     .await;
     assert_eq!(r.backend().as_deref(), Some("b"));

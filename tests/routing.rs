@@ -272,9 +272,12 @@ routes:
 "#,
         b.addr
     ));
-    let r = http(gw.port, "GET http://evil/api/x HTTP/1.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let r = http(
+        gw.port,
+        "GET http://evil/api/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 403, "routed past the host route: {}", r.text());
     assert_eq!(b.app_hits(), 0);
 

@@ -29,7 +29,11 @@ async fn sequential_requests_share_one_backend_connection() {
         // a new client connection each time: only the backend side is pooled
         assert_eq!(get(gw.port, "x", &format!("/r{i}")).await.status, 200);
     }
-    assert_eq!(b.conns.load(SeqCst), 1, "40 requests, one backend connection");
+    assert_eq!(
+        b.conns.load(SeqCst),
+        1,
+        "40 requests, one backend connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

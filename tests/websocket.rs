@@ -227,9 +227,11 @@ routes: [ {{ upstream: raw }} ]
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
         .unwrap();
-    s.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let got = read_until(&mut s, b"hello-from-server").await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
@@ -267,7 +269,11 @@ async fn closed_websocket_releases_its_backend_and_logs_one_line() {
             .as_u64()
             .unwrap_or(99)
     };
-    assert_eq!(in_flight().await, 1, "an open WebSocket counts as in flight");
+    assert_eq!(
+        in_flight().await,
+        1,
+        "an open WebSocket counts as in flight"
+    );
     assert!(
         !gw.log().contains("\"GET /ws/logged HTTP/1.1\" 101"),
         "logged before it closed"
@@ -289,7 +295,10 @@ async fn closed_websocket_releases_its_backend_and_logs_one_line() {
         .find(|l| l.contains("/ws/logged"))
         .unwrap()
         .to_string();
-    assert!(line.contains(" upgrade up=") && line.contains("end="), "{line}");
+    assert!(
+        line.contains(" upgrade up=") && line.contains("end="),
+        "{line}"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -121,8 +121,14 @@ mod tests {
         for (yaml, want) in [
             ("{ threads: 0 }", "0 is out of range 1..=256"),
             ("{ threads: 1000000 }", "1000000 is out of range 1..=256"),
-            ("{ grace_period_seconds: 18446744073709551615 }", "out of range 0..=3600"),
-            ("{ graceful_shutdown_timeout_seconds: 100000 }", "out of range 0..=600"),
+            (
+                "{ grace_period_seconds: 18446744073709551615 }",
+                "out of range 0..=3600",
+            ),
+            (
+                "{ graceful_shutdown_timeout_seconds: 100000 }",
+                "out of range 0..=600",
+            ),
         ] {
             let (_, issues) = conf(yaml);
             assert!(

@@ -295,12 +295,15 @@ impl ProxyHttp for Gateway {
                                 affinity::SESSION_UNKNOWN
                             }
                             Refusal::SeveralSids => {
-                                log::info!("upstream {}: {} carries several sids: refused", p.name, session.req_header().uri);
+                                log::info!(
+                                    "upstream {}: {} carries several sids: refused",
+                                    p.name,
+                                    session.req_header().uri
+                                );
                                 affinity::BAD_REQUEST
                             }
                         };
-                        respond(session, 400, &[json_ct()], Bytes::from_static(body), None)
-                            .await?;
+                        respond(session, 400, &[json_ct()], Bytes::from_static(body), None).await?;
                         return Ok(true);
                     }
                 }
@@ -824,14 +827,11 @@ impl Gateway {
         );
         let route = format!(
             "route={} upstream={}",
-            ctx.route.map_or("-", |r| self.rt.router.get(r).name.as_str()),
+            ctx.route
+                .map_or("-", |r| self.rt.router.get(r).name.as_str()),
             upstream,
         );
-        let times = format!(
-            "uct={} urt={}",
-            ms(ctx.connect_time),
-            ms(ctx.response_time)
-        );
+        let times = format!("uct={} urt={}", ms(ctx.connect_time), ms(ctx.response_time));
         (head, route, times)
     }
 }
