@@ -14,6 +14,7 @@
 //! * `Upgrade: websocket` (any path)   -> WebSocket echo; text `whoami` is answered with the name
 //! * `/sleep/<ms>`                     -> waits `<ms>` milliseconds, then the JSON echo below
 //! * `/status/<code>`                  -> responds with that status code and the JSON echo below
+//! * `/bytes/<n>`                      -> `n` bytes of `x` (at most 64 MiB)
 //! * anything else                     -> 200 JSON:
 //!   `{"backend":..,"method":..,"path":..,"headers":{lowercased name: value},"body_len":N}`
 #![allow(dead_code)]
@@ -676,6 +677,22 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 name,
                 200,
                 "application/json",
+                &body,
+                keep_alive,
+                req.http10,
+                head_only,
+            );
+        } else if let Some(n) = path
+            .strip_prefix("/bytes/")
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|n| *n <= 64 << 20)
+        {
+            let body = vec![b'x'; n];
+            write_response(
+                &mut out,
+                name,
+                200,
+                "application/octet-stream",
                 &body,
                 keep_alive,
                 req.http10,

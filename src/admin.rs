@@ -56,6 +56,7 @@ impl Admin {
                         "balance": balance,
                         "health_check": p.health_check.is_some(),
                         "healthy": p.usable_count(),
+                        "upgraded": p.upgraded(),
                         "backends": backends,
                     }),
                 )
@@ -66,6 +67,11 @@ impl Admin {
             "pid": std::process::id(),
             "routes": self.rt.router.len(),
             "in_flight": total_in_flight,
+            "connections": {
+                "open": self.rt.connections.open(),
+                "max": self.rt.connections.max(),
+                "refused": self.rt.connections.refused(),
+            },
             "pools": pools,
         })
     }

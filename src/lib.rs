@@ -15,6 +15,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod filter;
+pub mod listener;
 mod mem_trim;
 pub mod proxy;
 pub mod runtime;

@@ -26,6 +26,10 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Size of the per-connection read buffer (0: none).
     pub read_buffer: usize,
+    /// Timeouts and header sizes for its clients.
+    pub limits: pingora_core::protocols::http::v1::server::ClientLimits,
+    /// Open connections allowed per client address (0: no limit).
+    pub max_connections_per_ip: u32,
 }
 
 /// Default per-connection read buffer of a TLS listener: one TLS record.
@@ -54,6 +58,10 @@ pub struct Runtime {
     pub admin: Option<SocketAddr>,
     /// Pingora's server settings.
     pub server_conf: ServerConf,
+    /// `server.max_connections`, if set (else derived from the open-files limit at start).
+    pub max_connections: Option<usize>,
+    /// Open client connections, against `max_connections`.
+    pub connections: Arc<crate::listener::ConnectionCount>,
     /// Non-fatal findings (printed by `-t` and at start).
     pub warnings: Vec<Issue>,
 }
@@ -80,7 +88,7 @@ impl Runtime {
     /// Like [`Runtime::compile`], with custom filters available to the routes.
     pub fn compile_with(cfg: &Config, filters: &Registry) -> Result<Runtime, ConfigError> {
         let mut issues = Issues::default();
-        let server_conf = server_conf(&cfg.server, &mut issues);
+        let (server_conf, max_connections) = server_conf(&cfg.server, &mut issues);
 
         let mut listeners: Vec<Listener> = Vec::new();
         let mut redirect_ports = Vec::new();
@@ -132,10 +140,17 @@ impl Runtime {
                     format!("{read_buffer} bytes is more than the {MAX_READ_BUFFER} allowed"),
                 );
             }
+            let limits = crate::listener::compile_client(
+                &l.client,
+                &format!("listeners[{i}].client"),
+                &mut issues,
+            );
             listeners.push(Listener {
                 addr,
                 tls,
                 read_buffer,
+                limits,
+                max_connections_per_ip: l.client.max_connections_per_ip,
             });
         }
         let https_port = listeners
@@ -244,6 +259,8 @@ impl Runtime {
             https_port,
             admin,
             server_conf,
+            max_connections,
+            connections: crate::listener::ConnectionCount::new(usize::MAX),
             warnings: issues.warnings,
         })
     }

@@ -2,10 +2,12 @@
 //! one health-check background service per checked pool, and the admin service.
 
 use crate::admin::Admin;
+use crate::listener::ConnectionLimiter;
 use crate::proxy::Gateway;
-use crate::runtime::Runtime;
+use crate::runtime::{Listener, Runtime};
 use crate::upstream::HealthChecker;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 
 use pingora_core::server::configuration::Opt;
@@ -46,20 +48,46 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
         None
     };
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(rt.clone()),
-        "gateway",
-    );
+    limit_connections(&rt);
+    // One proxy service per distinct set of client limits: the engine applies them per
+    // service. Usually every listener has the same, so there is one service.
+    let mut groups: Vec<(&Listener, Vec<&Listener>)> = Vec::new();
     for l in &rt.listeners {
-        // Pingora's default is a 64 KiB zero-filled read buffer per connection, held for the
-        // connection's life (idle WebSockets too); see `listeners[].read_buffer`.
-        let mut endpoint = ListenerConfig::tcp(l.addr.to_string())
-            .l4_buffer(L4BufferSettings::default().read(l.read_buffer));
-        if let Some(tls) = &l.tls {
-            endpoint = endpoint.tls(tls.settings());
+        match groups.iter_mut().find(|(first, _)| same_limits(first, l)) {
+            Some((_, members)) => members.push(l),
+            None => groups.push((l, vec![l])),
         }
-        proxy.add_listener(endpoint);
+    }
+    let mut proxies = Vec::new();
+    for (i, (first, members)) in groups.iter().enumerate() {
+        let name = if i == 0 {
+            "gateway".to_string()
+        } else {
+            format!("gateway-{i}")
+        };
+        let mut proxy = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            Gateway::new(rt.clone()),
+            &name,
+        );
+        if let Some(app) = proxy.app_logic_mut() {
+            app.server_options = Some(server_options(first));
+        }
+        proxy.set_connection_filter(Arc::new(ConnectionLimiter::new(
+            rt.connections.clone(),
+            first.max_connections_per_ip,
+        )));
+        for l in members {
+            // Pingora's default is a 64 KiB zero-filled read buffer per connection, held for
+            // the connection's life (idle WebSockets too); see `listeners[].read_buffer`.
+            let mut endpoint = ListenerConfig::tcp(l.addr.to_string())
+                .l4_buffer(L4BufferSettings::default().read(l.read_buffer));
+            if let Some(tls) = &l.tls {
+                endpoint = endpoint.tls(tls.settings());
+            }
+            proxy.add_listener(endpoint);
+        }
+        proxies.push(proxy);
     }
     let mut health = Vec::new();
     for pool in &rt.pools {
@@ -70,25 +98,73 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
             )));
         }
     }
+    if rt.router.routes().iter().any(|r| r.rate_limit.is_some()) {
+        server.add_service(background_service(
+            "rate-limit-evict",
+            crate::proxy::limits::Evictor(rt.clone()),
+        ));
+    }
     // Give the memory of a connection spike back to the OS once it is over.
     server.add_service(background_service("mem-trim", crate::mem_trim::MemTrim));
-    let proxy = server.add_service(proxy);
-    // Accept traffic only once every pool's first health-check round has run.
-    proxy.add_dependencies(&health);
-    if let Some(b) = &bootstrap {
-        proxy.add_dependency(b);
+    let mut first_proxy = None;
+    for proxy in proxies {
+        let proxy = server.add_service(proxy);
+        // Accept traffic only once every pool's first health-check round has run.
+        proxy.add_dependencies(&health);
+        if let Some(b) = &bootstrap {
+            proxy.add_dependency(b);
+        }
+        first_proxy.get_or_insert(proxy);
     }
 
     if let Some(addr) = rt.admin {
-        let mut admin = Service::new(
-            "admin".to_string(),
-            HttpServer::new_app(Admin::new(rt.clone())),
-        );
+        let mut app = HttpServer::new_app(Admin::new(rt.clone()));
+        // The admin listener gets the default client limits (header sizes, slow clients).
+        let mut opts = HttpServerOptions::default();
+        opts.h1_client_limits = Some(crate::listener::compile_client(
+            &crate::config::ClientConf::default(),
+            "admin",
+            &mut crate::config::Issues::default(),
+        ));
+        app.server_options = Some(opts);
+        let mut admin = Service::new("admin".to_string(), app);
         admin.add_tcp(&addr.to_string());
         let admin = server.add_service(admin);
-        admin.add_dependency(&proxy);
+        if let Some(proxy) = &first_proxy {
+            admin.add_dependency(proxy);
+        }
     }
     server
+}
+
+/// Whether two listeners can share a proxy service (same client limits).
+fn same_limits(a: &Listener, b: &Listener) -> bool {
+    a.limits == b.limits && a.max_connections_per_ip == b.max_connections_per_ip
+}
+
+/// The engine options of a listener's proxy service: its client limits, and the keep-alive
+/// idle time for HTTP/2 connections too.
+fn server_options(l: &Listener) -> HttpServerOptions {
+    let mut opts = HttpServerOptions::default();
+    opts.h1_client_limits = Some(l.limits);
+    opts.h2_idle_timeout = l.limits.keepalive_timeout;
+    opts
+}
+
+/// Raises the open-files limit and sets `server.max_connections` (by default half of what
+/// the limit leaves after a reserve: each client connection may hold an upstream one).
+fn limit_connections(rt: &Runtime) {
+    let nofile = crate::listener::raise_nofile_limit();
+    let fits = crate::listener::default_max_connections(nofile);
+    let max = rt.max_connections.unwrap_or(fits);
+    if max > fits {
+        log::warn!(
+            "server.max_connections {max} is more than the open-files limit {nofile} can hold \
+             (about {fits} with their upstream connections): raise LimitNOFILE"
+        );
+    }
+    rt.connections.set_max(max);
+    log::info!("open-files limit {nofile}, server.max_connections {max}");
 }
 
 /// Pingora's `ServerConf` is not `Clone`; round-trip it through YAML.

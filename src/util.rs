@@ -10,6 +10,22 @@ pub(crate) fn host_without_port(host: &str) -> &str {
     }
 }
 
+/// `ip` with an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) turned into its IPv4 form, so
+/// one client counts as one address whichever socket family accepted it.
+pub(crate) fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whole seconds of the wall clock, for once-per-second log throttles.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::host_without_port;

@@ -46,6 +46,8 @@ pub enum ConfigError {
     Yaml(serde_yaml::Error),
     /// Validation problems, each with its key path.
     Invalid(Vec<Issue>),
+    /// The text is too large or too deeply nested to be a config (refused before parsing).
+    Shape(String),
 }
 
 impl fmt::Display for Issue {
@@ -64,6 +66,7 @@ impl fmt::Display for ConfigError {
                 }
                 _ => write!(f, "{e}"),
             },
+            ConfigError::Shape(m) => f.write_str(m),
             ConfigError::Invalid(v) => {
                 for (i, issue) in v.iter().enumerate() {
                     if i > 0 {

@@ -1,13 +1,17 @@
 //! The YAML config: serde structs mirroring the file (unknown keys are errors, every key has
 //! a default), loading with line/column errors, and the key-path error type used by validation.
 
+mod client;
 mod duration;
 mod errors;
 mod server_conf;
+mod size;
 
+pub use client::ClientConf;
 pub use duration::{parse_duration, Dur};
 pub use errors::{ConfigError, Issue, Issues};
 pub use server_conf::server_conf;
+pub use size::{parse_size, Size};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -44,6 +48,7 @@ impl Default for Config {
                 http2: false,
                 redirect_https: false,
                 read_buffer: None,
+                client: ClientConf::default(),
             }],
             base_dir: None,
             admin: AdminConf::default(),
@@ -74,6 +79,9 @@ pub struct ListenerConf {
     /// Every open connection holds it, idle WebSockets included.
     #[serde(default)]
     pub read_buffer: Option<usize>,
+    /// Limits on each client: timeouts against slow clients, header sizes, connections per IP.
+    #[serde(default)]
+    pub client: ClientConf,
 }
 
 /// TLS of a listener.
@@ -154,7 +162,8 @@ pub enum XffMode {
     Append,
     /// Always replace with the peer's address.
     Replace,
-    /// Leave the header as the client sent it.
+    /// Leave the header as the client sent it, from any peer (only safe when every client
+    /// reaches the gateway through something that sets it).
     Off,
 }
 
@@ -174,6 +183,13 @@ pub struct ForwardedConf {
     pub x_forwarded_host: bool,
     /// Send `X-Forwarded-Port`.
     pub x_forwarded_port: bool,
+    /// Send the RFC 7239 `Forwarded` header (`for=...;proto=...;host=...`), appended to a
+    /// trusted peer's value, and read a trusted peer's `Forwarded: for=` for the client address
+    /// when it sent no `X-Forwarded-For`.
+    pub rfc7239: bool,
+    /// Pass request header names containing `_` to the backends (nginx
+    /// `underscores_in_headers on`). Off: they are dropped, whoever sent them.
+    pub allow_underscore_headers: bool,
 }
 
 impl Default for ForwardedConf {
@@ -185,6 +201,8 @@ impl Default for ForwardedConf {
             x_forwarded_proto: true,
             x_forwarded_host: true,
             x_forwarded_port: true,
+            rfc7239: false,
+            allow_underscore_headers: false,
         }
     }
 }
@@ -234,6 +252,9 @@ pub struct UpstreamConf {
     /// TLS to the backends (https / wss); absent means plain.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConf>,
+    /// Upgraded connections (WebSockets) open to the pool at once; more get 503. 0: no limit.
+    #[serde(default)]
+    pub max_upgraded: usize,
 }
 
 /// Session affinity of a pool.
@@ -544,6 +565,19 @@ pub struct RouteConf {
     /// Replace `path_prefix` with this before proxying.
     #[serde(default)]
     pub rewrite: Option<String>,
+    /// Send the path upstream as the client wrote it instead of its normalised form (for apps
+    /// that need `//`, dot segments or escapes as sent). Matching still uses the normalised
+    /// path, so a deny route cannot be bypassed by spelling; not combinable with
+    /// `strip_prefix` / `rewrite`, whose prefix is found in the normalised path.
+    #[serde(default)]
+    pub raw_path: bool,
+    /// Requests per client (nginx `limit_req`); absent: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConf>,
+    /// Largest request body, streamed (chunked) bodies included; more gets 413 (nginx
+    /// `client_max_body_size`, default 1m); 0: no limit.
+    #[serde(default = "default_max_body")]
+    pub max_body: Size,
     /// Fixed response.
     #[serde(default)]
     pub respond: Option<RespondConf>,
@@ -590,6 +624,10 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
+        check_shape(text)?;
+        // A first pass into a generic value refuses duplicate keys anywhere (a second pool
+        // of the same name would otherwise silently replace the first).
+        serde_yaml::from_str::<serde_yaml::Value>(text).map_err(ConfigError::Yaml)?;
         serde_yaml::from_str(text).map_err(ConfigError::Yaml)
     }
 
@@ -600,5 +638,129 @@ impl Config {
         let mut cfg = Config::from_yaml(&text)?;
         cfg.base_dir = path.parent().map(|p| p.to_path_buf());
         Ok(cfg)
+    }
+}
+
+/// `routes[].rate_limit`: requests per client key (nginx `limit_req zone=... burst=N nodelay`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConf {
+    /// Requests allowed per `per`, sustained.
+    pub rate: u32,
+    /// The period of `rate` (default 1s: requests per second).
+    #[serde(default = "one_second")]
+    pub per: Dur,
+    /// Requests a client may make at once before the rate applies (default: `rate`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What a client is: `client_ip` (default), `header:NAME` or `cookie:NAME` (the client
+    /// address when absent).
+    #[serde(default = "default_limit_key")]
+    pub key: String,
+    /// Status of a refused request (default 429, with `Retry-After`).
+    #[serde(default = "default_limit_status")]
+    pub status: u16,
+}
+
+fn one_second() -> Dur {
+    Dur::secs(1)
+}
+fn default_limit_key() -> String {
+    "client_ip".into()
+}
+fn default_limit_status() -> u16 {
+    429
+}
+fn default_max_body() -> Size {
+    Size(1 << 20)
+}
+
+/// Largest config file accepted.
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+/// Deepest `[` / `{` nesting accepted (a real config needs a handful).
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuses text no config needs before the YAML parser sees it: over 4 MiB, or flow
+/// collections nested deeper than 64 (100,000 nested `[` take the parser tens of seconds).
+fn check_shape(text: &str) -> Result<(), ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Shape(format!(
+            "the config is {} bytes, more than the {MAX_CONFIG_BYTES} accepted",
+            text.len()
+        )));
+    }
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut prev = b'\n';
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match (quote, b) {
+            (_, b'\n') => {
+                line += 1;
+                if quote.is_none() {
+                    prev = b;
+                    continue;
+                }
+            }
+            (Some(b'"'), b'\\') => {
+                bytes.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'#') if prev.is_ascii_whitespace() => {
+                // A comment: skip to the end of the line.
+                for c in bytes.by_ref() {
+                    if c == b'\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                prev = b'\n';
+                continue;
+            }
+            (None, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(ConfigError::Shape(format!(
+                        "line {line}: collections nested deeper than {MAX_FLOW_DEPTH}"
+                    )));
+                }
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = b;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_at_once() {
+        let deep = format!("routes: {}", "[".repeat(100_000));
+        let t = std::time::Instant::now();
+        let e = Config::from_yaml(&deep).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 64"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        // Brackets in strings and comments do not count.
+        let fine = format!(
+            "# {}\nroutes: [ {{ match: {{ path: \"/{}\" }}, respond: {{ body: '{}' }} }} ]\n",
+            "[".repeat(100),
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        Config::from_yaml(&fine).unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let yaml = "upstreams:\n  a: { servers: [ { address: \"127.0.0.1:1\" } ] }\n  a: { servers: [ { address: \"127.0.0.1:2\" } ] }\n";
+        let e = Config::from_yaml(yaml).unwrap_err().to_string();
+        assert!(e.contains("duplicate entry with key \"a\""), "{e}");
+        assert!(e.contains("line 2"), "{e}");
     }
 }

@@ -20,8 +20,33 @@ const RANGES: &[(&str, u64, u64)] = &[
 const DEFAULT_GRACE_PERIOD: u64 = 60;
 const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 5;
 
-/// Builds Pingora's `ServerConf` from the `server:` mapping, recording problems in `issues`.
-pub fn server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> ServerConf {
+/// The gateway's own `server:` key: open client connections allowed in the whole process.
+const MAX_CONNECTIONS: &str = "max_connections";
+/// Range of `server.max_connections`.
+const MAX_CONNECTIONS_RANGE: (u64, u64) = (1, 10_000_000);
+
+/// Builds Pingora's `ServerConf` from the `server:` mapping and reads the gateway's own
+/// `max_connections`, recording problems in `issues`.
+pub fn server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> (ServerConf, Option<usize>) {
+    let mut map = map.clone();
+    let max_connections = map.remove(MAX_CONNECTIONS).and_then(|v| {
+        let (lo, hi) = MAX_CONNECTIONS_RANGE;
+        match v.as_u64() {
+            Some(n) if (lo..=hi).contains(&n) => Some(n as usize),
+            _ => {
+                issues.error(
+                    format!("server.{MAX_CONNECTIONS}"),
+                    format!("{v:?} is not a number in {lo}..={hi}"),
+                );
+                None
+            }
+        }
+    });
+    (pingora_server_conf(&map, issues), max_connections)
+}
+
+/// Pingora's `ServerConf` from the rest of the `server:` mapping.
+fn pingora_server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> ServerConf {
     let known = serde_yaml::to_value(ServerConf::default()).unwrap_or_default();
     let known = known.as_mapping().cloned().unwrap_or_default();
     let mut ok = true;
@@ -98,7 +123,7 @@ mod tests {
     fn conf(yaml: &str) -> (ServerConf, Issues) {
         let map: serde_yaml::Mapping = serde_yaml::from_str(yaml).unwrap();
         let mut issues = Issues::default();
-        (server_conf(&map, &mut issues), issues)
+        (server_conf(&map, &mut issues).0, issues)
     }
 
     #[test]

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 pub struct Ctx {
     /// Index of the matched route.
     pub route: Option<usize>,
+    /// The normalised request path (`normalize`) when it differs from the request's own:
+    /// routed by, and sent upstream unless the route sets `raw_path`. `None` for the usual
+    /// already-normal path, which costs no allocation.
+    pub norm_path: Option<String>,
     /// Index of the pool being proxied to.
     pub pool: Option<usize>,
     /// Index of the backend chosen last.
@@ -53,6 +57,10 @@ pub struct Ctx {
     pub session_lost: bool,
     /// The upgraded connection was handed to a detached relay (it logs when it closes).
     pub detached: bool,
+    /// Request body bytes seen so far (against the route's `max_body`).
+    pub body_bytes: u64,
+    /// The upgrade's place in its pool's `max_upgraded`, held until the connection closes.
+    pub upgrade_slot: Option<crate::upstream::UpgradeSlot>,
 }
 
 impl Ctx {
@@ -60,6 +68,7 @@ impl Ctx {
     pub fn new() -> Ctx {
         Ctx {
             route: None,
+            norm_path: None,
             pool: None,
             backend: None,
             tried: 0,
@@ -82,7 +91,15 @@ impl Ctx {
             cookie_backend: None,
             session_lost: false,
             detached: false,
+            body_bytes: 0,
+            upgrade_slot: None,
         }
+    }
+
+    /// The path the request is routed by: the normalised path, or the request's own when
+    /// that is already normal.
+    pub fn path<'a>(&'a self, req: &'a pingora_http::RequestHeader) -> &'a str {
+        self.norm_path.as_deref().unwrap_or_else(|| req.uri.path())
     }
 }
 

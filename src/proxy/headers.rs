@@ -1,5 +1,7 @@
 //! Header handling: per-route set/add/remove rules compiled at load, and the forwarded
-//! headers (`X-Forwarded-*`, `X-Real-IP`) with the trusted-proxy policy.
+//! headers (`X-Forwarded-*`, `X-Real-IP`, RFC 7239 `Forwarded`) with the trusted-proxy policy:
+//! client-address headers from an untrusted peer never reach a backend, and header names with
+//! `_` are dropped (nginx `underscores_in_headers off`).
 
 use crate::config::{ForwardedConf, HeaderRulesConf, Issues, XffMode};
 use http::header::{HeaderName, HeaderValue};
@@ -159,6 +161,45 @@ static XRI: HeaderName = HeaderName::from_static("x-real-ip");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Whether `name` (a lower-case header name) is one a backend could take as the client's
+/// address, scheme, host or port: removed from an untrusted peer's request. `_` counts as `-`
+/// (CGI-style backends read `X_Real_IP` as `HTTP_X_REAL_IP`, the same as `X-Real-IP`).
+/// `X-Forwarded-For` counts when `xff` (its mode may leave it as sent).
+fn is_client_address_header(name: &[u8], xff: bool) -> bool {
+    let mut buf = [0u8; 32];
+    let name = dashed(name, &mut buf);
+    (xff && name == b"x-forwarded-for")
+        || matches!(
+            name,
+            b"forwarded"
+                | b"x-real-ip"
+                | b"true-client-ip"
+                | b"x-client-ip"
+                | b"cf-connecting-ip"
+                | b"fastly-client-ip"
+                | b"x-cluster-client-ip"
+                | b"x-original-forwarded-for"
+                | b"x-forwarded"
+                | b"client-ip"
+                | b"x-forwarded-proto"
+                | b"x-forwarded-host"
+                | b"x-forwarded-port"
+        )
+}
+
+/// `name` with `_` as `-`, in `buf` only when it has a `_` (no copy otherwise). A name longer
+/// than `buf` with a `_` comes back unchanged (it matches none of the short names compared).
+fn dashed<'a>(name: &'a [u8], buf: &'a mut [u8; 32]) -> &'a [u8] {
+    if name.len() > buf.len() || !name.contains(&b'_') {
+        return name;
+    }
+    for (d, c) in buf.iter_mut().zip(name) {
+        *d = if *c == b'_' { b'-' } else { *c };
+    }
+    &buf[..name.len()]
+}
 
 /// A header name with its wire spelling, inserted without parsing or copying the name.
 fn named(name: &HeaderName, wire: &'static str) -> (HeaderName, CaseHeaderName) {
@@ -174,6 +215,8 @@ pub struct Forwarded {
     proto: bool,
     host: bool,
     port: bool,
+    rfc7239: bool,
+    allow_underscore: bool,
 }
 
 impl Forwarded {
@@ -193,6 +236,8 @@ impl Forwarded {
             proto: conf.x_forwarded_proto,
             host: conf.x_forwarded_host,
             port: conf.x_forwarded_port,
+            rfc7239: conf.rfc7239,
+            allow_underscore: conf.allow_underscore_headers,
         }
     }
 
@@ -202,10 +247,14 @@ impl Forwarded {
     }
 
     /// The real client address: the peer, or for a trusted peer the right-most untrusted hop of
-    /// its `X-Forwarded-For` (nginx's `real_ip_recursive on`).
+    /// its `X-Forwarded-For` (nginx's `real_ip_recursive on`). With `rfc7239` on, a trusted
+    /// peer's `Forwarded: for=` is read the same way when it sent no `X-Forwarded-For`.
     pub fn client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
+        }
+        if self.rfc7239 && !req.headers.contains_key(&XFF) {
+            return self.forwarded_client_ip(peer, req);
         }
         let mut last = peer;
         for v in req.headers.get_all(&XFF).iter().rev() {
@@ -219,6 +268,57 @@ impl Forwarded {
             }
         }
         last
+    }
+
+    /// `client_ip` from `Forwarded` headers: the right-most `for=` that is not a trusted proxy.
+    /// Walking right to left, a hop that is not an IP address (`unknown`, an obfuscated
+    /// identifier, an element without `for=`, or a whole field line that does not parse) ends
+    /// the walk at the trusted hop to its right, as a garbage `X-Forwarded-For` hop does.
+    /// Scans left to right, without allocating.
+    fn forwarded_client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
+        // The right-most hop that is not a trusted IP, and the left-most trusted IP after it.
+        let mut untrusted: Option<Node> = None;
+        let mut trusted_run: Option<IpAddr> = None;
+        let mut feed = |n: Node| match n {
+            Node::Ip(ip) if self.is_trusted(ip) => {
+                trusted_run.get_or_insert(ip);
+            }
+            n => {
+                untrusted = Some(n);
+                trusted_run = None;
+            }
+        };
+        for v in req.headers.get_all(&FORWARDED) {
+            if parse_forwarded_for(v.as_bytes(), &mut feed).is_err() {
+                feed(Node::Opaque);
+            }
+        }
+        match untrusted {
+            Some(Node::Ip(ip)) => ip,
+            _ => trusted_run.unwrap_or(peer),
+        }
+    }
+
+    /// Removes what an untrusted peer may not send upstream (the client-address headers; the
+    /// `X-Forwarded-For` it sent unless `x_forwarded_for: off`) and, unless allowed, every header
+    /// name with `_`. One pass over the names; allocates only when something is to be removed.
+    fn strip(&self, req: &mut RequestHeader, trusted: bool) {
+        let underscores = !self.allow_underscore;
+        if trusted && !underscores {
+            return;
+        }
+        let xff = self.xff != XffMode::Off;
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        for name in req.headers.keys() {
+            let n = name.as_str().as_bytes();
+            if (underscores && n.contains(&b'_')) || (!trusted && is_client_address_header(n, xff))
+            {
+                doomed.push(name.clone());
+            }
+        }
+        for name in &doomed {
+            req.remove_header(name);
+        }
     }
 
     /// Writes the forwarded headers into the upstream request.
@@ -235,9 +335,11 @@ impl Forwarded {
                 + (self.xff != XffMode::Off) as usize
                 + self.proto as usize
                 + self.host as usize
-                + self.port as usize,
+                + self.port as usize
+                + self.rfc7239 as usize,
         );
         let trusted = peer.is_some_and(|p| self.is_trusted(p));
+        self.strip(req, trusted);
         if let Some(peer) = peer {
             let mut ip_buf = [0u8; 64];
             let peer_s = fmt_ip(peer, &mut ip_buf);
@@ -268,6 +370,29 @@ impl Forwarded {
                 }
             }
         }
+        if self.rfc7239 {
+            // An untrusted peer's `Forwarded` is gone (strip): this replaces it; a trusted
+            // peer's is appended to.
+            let mut v = String::with_capacity(96);
+            for old in req.headers.get_all(&FORWARDED) {
+                if let Ok(s) = old.to_str() {
+                    let s = s.trim();
+                    if !s.is_empty() {
+                        v.push_str(s);
+                        v.push_str(", ");
+                    }
+                }
+            }
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()));
+            forwarded_element(&mut v, peer, tls, host);
+            if let Ok(v) = HeaderValue::try_from(v) {
+                let _ = req.insert_header(named(&FORWARDED, "Forwarded"), v);
+            }
+        }
         if self.proto && !(trusted && req.headers.contains_key(&XFP)) {
             let _ = req.insert_header(
                 named(&XFP, "X-Forwarded-Proto"),
@@ -288,6 +413,179 @@ impl Forwarded {
             }
         }
     }
+}
+
+/// Appends one RFC 7239 element, `for=<peer>;proto=<http|https>[;host=<host>]`: an IPv6
+/// address quoted and bracketed, `for=unknown` without a peer address, the host as a token or
+/// a quoted string (left out when empty).
+fn forwarded_element(out: &mut String, peer: Option<IpAddr>, tls: bool, host: Option<&str>) {
+    let mut b = [0u8; 64];
+    match peer.map(|p| (p, fmt_ip(p, &mut b))) {
+        Some((p, s)) if p.is_ipv6() && s.contains(':') => {
+            out.push_str("for=\"[");
+            out.push_str(s);
+            out.push_str("]\"");
+        }
+        Some((_, s)) => {
+            out.push_str("for=");
+            out.push_str(s);
+        }
+        None => out.push_str("for=unknown"),
+    }
+    out.push_str(if tls { ";proto=https" } else { ";proto=http" });
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
+        out.push_str(";host=");
+        if h.bytes().all(is_tchar) {
+            out.push_str(h);
+        } else {
+            out.push('"');
+            for c in h.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+/// The `for=` node of one `Forwarded` element, as far as the client address goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    /// An IP address (any port dropped).
+    Ip(IpAddr),
+    /// `unknown`, an obfuscated identifier (`_hidden`), no `for=`, or not an address.
+    Opaque,
+}
+
+/// Parses one `Forwarded` field line (RFC 7239: `1#forwarded-element`, each element
+/// `[pair] *(";" [pair])`, a pair `token "=" (token / quoted-string)`), calling `f` with each
+/// element's `for=` node, left to right. Lenient only in accepting whitespace around `;`.
+/// `Err` when the line does not parse (an unterminated quote, a bare word, `for` twice in one
+/// element, a control character...): the caller then counts the whole line as one opaque hop,
+/// whatever was reported before, so text that a client sent ahead of a trusted proxy's element
+/// on the same line (an open quote swallowing that element, say) cannot pass for a hop.
+/// Never panics; linear in the input.
+fn parse_forwarded_for(s: &[u8], f: &mut impl FnMut(Node)) -> Result<(), ()> {
+    let ows = |i: &mut usize| {
+        while *i < s.len() && (s[*i] == b' ' || s[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    let mut i = 0;
+    loop {
+        // Empty list elements (", ,") are allowed.
+        ows(&mut i);
+        if i == s.len() {
+            return Ok(());
+        }
+        if s[i] == b',' {
+            i += 1;
+            continue;
+        }
+        let mut node: Option<Node> = None;
+        loop {
+            ows(&mut i);
+            if i == s.len() || s[i] == b',' {
+                break;
+            }
+            if s[i] == b';' {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < s.len() && is_tchar(s[i]) {
+                i += 1;
+            }
+            let name = &s[start..i];
+            if name.is_empty() || i == s.len() || s[i] != b'=' {
+                return Err(());
+            }
+            i += 1;
+            let (value, escaped) = if i < s.len() && s[i] == b'"' {
+                i += 1;
+                let start = i;
+                let mut escaped = false;
+                loop {
+                    match s.get(i) {
+                        None => return Err(()),
+                        Some(b'"') => break,
+                        Some(b'\\') => {
+                            match s.get(i + 1) {
+                                Some(&c) if c == b'\t' || (c >= 0x20 && c != 0x7f) => {}
+                                _ => return Err(()),
+                            }
+                            escaped = true;
+                            i += 2;
+                        }
+                        Some(&c) if c == b'\t' || (c >= 0x20 && c != 0x7f) => i += 1,
+                        Some(_) => return Err(()),
+                    }
+                }
+                let v = &s[start..i];
+                i += 1;
+                (v, escaped)
+            } else {
+                let start = i;
+                while i < s.len() && is_tchar(s[i]) {
+                    i += 1;
+                }
+                if i == start {
+                    return Err(());
+                }
+                (&s[start..i], false)
+            };
+            // A pair ends at ";", "," or the end (whitespace before ";" or "," tolerated).
+            ows(&mut i);
+            if i < s.len() && s[i] != b';' && s[i] != b',' {
+                return Err(());
+            }
+            if name.eq_ignore_ascii_case(b"for") {
+                if node.is_some() {
+                    return Err(());
+                }
+                node = Some(if escaped {
+                    Node::Opaque
+                } else {
+                    parse_node(value)
+                });
+            }
+        }
+        f(node.unwrap_or(Node::Opaque));
+    }
+}
+
+/// A `for=` value: `192.0.2.1`, `192.0.2.1:8080`, `[2001:db8::1]`, `[2001:db8::1]:8080`
+/// (a bare IPv6 address is accepted too); `unknown`, `_obfuscated` and anything else is opaque.
+fn parse_node(v: &[u8]) -> Node {
+    let Ok(v) = std::str::from_utf8(v) else {
+        return Node::Opaque;
+    };
+    // RFC 7239 node-port: 5 digits or an obfuscated `_port`.
+    let port_ok = |p: &str| {
+        (!p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()))
+            || (p.len() > 1 && p.starts_with('_'))
+    };
+    let ip = if let Some(rest) = v.strip_prefix('[') {
+        rest.split_once(']')
+            .filter(|(_, rest)| rest.is_empty() || rest.strip_prefix(':').is_some_and(port_ok))
+            .and_then(|(a, _)| a.parse::<std::net::Ipv6Addr>().ok())
+            .map(IpAddr::V6)
+    } else if let Ok(ip) = v.parse::<IpAddr>() {
+        Some(ip)
+    } else {
+        v.split_once(':')
+            .filter(|(_, port)| port_ok(port))
+            .and_then(|(a, _)| a.parse::<std::net::Ipv4Addr>().ok())
+            .map(IpAddr::V4)
+    };
+    ip.map_or(Node::Opaque, Node::Ip)
 }
 
 fn itoa_buf() -> [u8; 5] {
@@ -394,6 +692,468 @@ mod tests {
         let mut r = req(Some("1.2.3.4"));
         f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
         assert_eq!(h(&r, "x-forwarded-for"), Some("10.0.0.1"));
+    }
+
+    fn fwd_conf(conf: ForwardedConf) -> Forwarded {
+        let mut issues = Issues::default();
+        let f = Forwarded::compile(&conf, &mut issues);
+        assert!(issues.errors.is_empty());
+        f
+    }
+
+    fn conf(trusted: &[&str]) -> ForwardedConf {
+        ForwardedConf {
+            trusted_proxies: trusted.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Every client-address header a backend might believe, plus underscore spellings.
+    const SPOOFED: &[(&str, &str)] = &[
+        ("Forwarded", "for=6.6.6.6;proto=https"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("True-Client-IP", "6.6.6.6"),
+        ("X-Client-IP", "6.6.6.6"),
+        ("CF-Connecting-IP", "6.6.6.6"),
+        ("Fastly-Client-IP", "6.6.6.6"),
+        ("X-Cluster-Client-IP", "6.6.6.6"),
+        ("X-Original-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded", "for=6.6.6.6"),
+        ("Client-IP", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.test"),
+        ("X-Forwarded-Port", "1"),
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("X_Real_IP", "6.6.6.6"),
+    ];
+
+    fn spoofed_req() -> RequestHeader {
+        let mut r = req(None);
+        for (k, v) in SPOOFED {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r.insert_header("X-App", "kept").unwrap();
+        r.insert_header("X_App_Thing", "u").unwrap();
+        r
+    }
+
+    fn none_of_these_are_6666(r: &RequestHeader) {
+        for (name, v) in r.headers.iter() {
+            let v = v.to_str().unwrap();
+            assert!(
+                !v.contains("6.6.6.6") && !v.contains("evil.test"),
+                "{name}: {v} reached the upstream request"
+            );
+        }
+    }
+
+    #[test]
+    fn untrusted_peer_client_address_headers_are_removed_or_rewritten() {
+        let f = fwd_conf(conf(&["10.0.0.0/8"]));
+        let mut r = spoofed_req();
+        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), false, Some(8080));
+        none_of_these_are_6666(&r);
+        for gone in [
+            "forwarded",
+            "true-client-ip",
+            "x-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-cluster-client-ip",
+            "x-original-forwarded-for",
+            "x-forwarded",
+            "client-ip",
+            "x_forwarded_for",
+            "x_real_ip",
+            "x_app_thing",
+        ] {
+            assert!(r.headers.get(gone).is_none(), "{gone} passed");
+        }
+        assert_eq!(h(&r, "x-forwarded-for"), Some("1.2.3.4"));
+        assert_eq!(h(&r, "x-real-ip"), Some("1.2.3.4"));
+        assert_eq!(h(&r, "x-forwarded-proto"), Some("http"));
+        assert_eq!(h(&r, "x-forwarded-host"), Some("example.com"));
+        assert_eq!(h(&r, "x-forwarded-port"), Some("8080"));
+        assert_eq!(h(&r, "x-app"), Some("kept"));
+        // The wire-case map is kept in step with the header map.
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(!wire.contains("6.6.6.6") && !wire.contains('_'), "{wire}");
+    }
+
+    #[test]
+    fn untrusted_peer_with_the_headers_turned_off_gets_none_of_them() {
+        let f = fwd_conf(ForwardedConf {
+            x_real_ip: false,
+            x_forwarded_proto: false,
+            x_forwarded_host: false,
+            x_forwarded_port: false,
+            ..conf(&[])
+        });
+        let mut r = spoofed_req();
+        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), true, Some(443));
+        none_of_these_are_6666(&r);
+        for gone in [
+            "x-real-ip",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+        ] {
+            assert!(r.headers.get(gone).is_none(), "{gone} passed");
+        }
+        assert_eq!(h(&r, "x-forwarded-for"), Some("1.2.3.4"));
+        // No peer address at all (not an inet socket): untrusted.
+        let mut r = spoofed_req();
+        f.apply(&mut r, None, false, None);
+        none_of_these_are_6666(&r);
+    }
+
+    #[test]
+    fn xff_off_keeps_its_documented_meaning() {
+        let f = fwd(&[], XffMode::Off);
+        let mut r = spoofed_req();
+        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), false, None);
+        assert_eq!(h(&r, "x-forwarded-for"), Some("6.6.6.6"), "left as sent");
+        assert!(r.headers.get("x_forwarded_for").is_none());
+        assert!(r.headers.get("true-client-ip").is_none());
+        assert_eq!(h(&r, "x-real-ip"), Some("1.2.3.4"));
+    }
+
+    #[test]
+    fn trusted_peer_headers_pass_but_underscore_names_do_not() {
+        let f = fwd_conf(ForwardedConf {
+            x_real_ip: false,
+            ..conf(&["10.0.0.0/8"])
+        });
+        let mut r = spoofed_req();
+        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        for (k, v) in SPOOFED.iter().filter(|(k, _)| !k.contains('_')) {
+            let k = k.to_ascii_lowercase();
+            if k == "x-forwarded-for" {
+                assert_eq!(h(&r, &k), Some("6.6.6.6, 10.0.0.1"));
+            } else {
+                assert_eq!(h(&r, &k), Some(*v), "{k}");
+            }
+        }
+        for gone in ["x_forwarded_for", "x_real_ip", "x_app_thing"] {
+            assert!(r.headers.get(gone).is_none(), "{gone} passed");
+        }
+    }
+
+    #[test]
+    fn allow_underscore_headers_lets_them_pass_but_not_spoofed_addresses() {
+        let f = fwd_conf(ForwardedConf {
+            allow_underscore_headers: true,
+            ..conf(&["10.0.0.0/8"])
+        });
+        let mut r = spoofed_req();
+        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), false, None);
+        assert_eq!(h(&r, "x_app_thing"), Some("u"));
+        assert!(r.headers.get("x_forwarded_for").is_none(), "untrusted");
+        assert!(r.headers.get("x_real_ip").is_none(), "untrusted");
+        let mut r = spoofed_req();
+        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        assert_eq!(h(&r, "x_app_thing"), Some("u"));
+        assert_eq!(h(&r, "x_forwarded_for"), Some("6.6.6.6"), "trusted");
+        assert_eq!(h(&r, "x_real_ip"), Some("6.6.6.6"), "trusted");
+    }
+
+    #[test]
+    fn client_address_names_are_matched_exactly() {
+        assert!(is_client_address_header(b"x_real_ip", false));
+        assert!(is_client_address_header(b"x-original-forwarded-for", false));
+        assert!(is_client_address_header(b"x_original_forwarded_for", false));
+        assert!(!is_client_address_header(b"x-real-ip-extra", true));
+        assert!(!is_client_address_header(b"x-forwarded-for", false));
+        assert!(is_client_address_header(b"x-forwarded-for", true));
+        assert!(is_client_address_header(b"x_forwarded_for", true));
+        assert!(!is_client_address_header(&[b'_'; 40], true));
+    }
+
+    fn rfc(trusted: &[&str]) -> Forwarded {
+        fwd_conf(ForwardedConf {
+            rfc7239: true,
+            ..conf(trusted)
+        })
+    }
+
+    #[test]
+    fn rfc7239_forwarded_is_replaced_for_untrusted_and_appended_for_trusted() {
+        let f = rfc(&["10.0.0.0/8"]);
+        let mut r = spoofed_req();
+        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), true, None);
+        assert_eq!(
+            h(&r, "forwarded"),
+            Some("for=1.2.3.4;proto=https;host=example.com")
+        );
+        let mut r = req(None);
+        r.append_header("Forwarded", "for=192.0.2.1").unwrap();
+        r.append_header("Forwarded", "for=10.0.0.9;proto=https")
+            .unwrap();
+        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        assert_eq!(
+            h(&r, "forwarded"),
+            Some(
+                "for=192.0.2.1, for=10.0.0.9;proto=https, for=10.0.0.1;proto=http;host=example.com"
+            )
+        );
+        assert_eq!(h(&r, "x-real-ip"), Some("192.0.2.1"), "read from Forwarded");
+    }
+
+    #[test]
+    fn rfc7239_element_formats() {
+        let el = |peer: Option<&str>, tls, host| {
+            let mut s = String::new();
+            forwarded_element(&mut s, peer.map(|p| p.parse().unwrap()), tls, host);
+            s
+        };
+        assert_eq!(
+            el(Some("2001:db8::1"), false, Some("h.test")),
+            "for=\"[2001:db8::1]\";proto=http;host=h.test"
+        );
+        assert_eq!(
+            el(Some("::ffff:192.0.2.7"), true, None),
+            "for=192.0.2.7;proto=https"
+        );
+        assert_eq!(
+            el(None, false, Some("h.test:8080")),
+            "for=unknown;proto=http;host=\"h.test:8080\""
+        );
+        assert_eq!(
+            el(Some("192.0.2.7"), false, Some("a\"b\\c")),
+            "for=192.0.2.7;proto=http;host=\"a\\\"b\\\\c\""
+        );
+        assert_eq!(
+            el(Some("192.0.2.7"), false, Some("")),
+            "for=192.0.2.7;proto=http"
+        );
+    }
+
+    fn nodes(s: &str) -> Result<Vec<Node>, ()> {
+        let mut v = Vec::new();
+        parse_forwarded_for(s.as_bytes(), &mut |n| v.push(n)).map(|_| v)
+    }
+
+    fn ip(s: &str) -> Node {
+        Node::Ip(s.parse().unwrap())
+    }
+
+    #[test]
+    fn forwarded_parser_rfc7239_examples() {
+        use Node::Opaque;
+        assert_eq!(nodes("for=\"_gazonk\""), Ok(vec![Opaque]));
+        assert_eq!(
+            nodes("For=\"[2001:db8:cafe::17]:4711\""),
+            Ok(vec![ip("2001:db8:cafe::17")])
+        );
+        assert_eq!(
+            nodes("for=192.0.2.60;proto=http;by=203.0.113.43"),
+            Ok(vec![ip("192.0.2.60")])
+        );
+        assert_eq!(
+            nodes("for=192.0.2.43, for=198.51.100.17"),
+            Ok(vec![ip("192.0.2.43"), ip("198.51.100.17")])
+        );
+        assert_eq!(
+            nodes("for=192.0.2.43,for=\"[2001:db8:cafe::17]\",for=unknown"),
+            Ok(vec![ip("192.0.2.43"), ip("2001:db8:cafe::17"), Opaque])
+        );
+        assert_eq!(
+            nodes("for=\"192.0.2.43:47011\""),
+            Ok(vec![ip("192.0.2.43")])
+        );
+        assert_eq!(
+            nodes("for=192.0.2.43:_p1"),
+            Err(()),
+            "':' is not a token char"
+        );
+        assert_eq!(nodes("for=\"192.0.2.43:_p1\""), Ok(vec![ip("192.0.2.43")]));
+        assert_eq!(nodes("for=\"[::1]:99999999\""), Ok(vec![Opaque]));
+        assert_eq!(nodes("for=\"[::1\""), Ok(vec![Opaque]));
+        assert_eq!(nodes("for=\"1.2.3.4:\""), Ok(vec![Opaque]));
+        assert_eq!(nodes("for=\"2001:db8::1\""), Ok(vec![ip("2001:db8::1")]));
+        assert_eq!(
+            nodes("for=\"1.2.3\\.4\""),
+            Ok(vec![Opaque]),
+            "escapes: opaque"
+        );
+        assert_eq!(
+            nodes("proto=https;host=\"a,b\""),
+            Ok(vec![Opaque]),
+            "no for="
+        );
+        assert_eq!(
+            nodes(" , for=1.2.3.4 ; proto=http ,, "),
+            Ok(vec![ip("1.2.3.4")])
+        );
+        assert_eq!(nodes(""), Ok(vec![]));
+        for bad in [
+            "for=\"1.2.3.4",
+            "for=1.2.3.4 x",
+            "for=1.2.3.4;for=5.6.7.8",
+            "garbage",
+            "for=",
+            "=x",
+            "for = 1.2.3.4",
+            "for=\"a\"b",
+            "for=[::1]",
+            "for=\"a\\",
+            "for=\"a\u{1}\"",
+            "for=\"x\"\"",
+        ] {
+            assert_eq!(nodes(bad), Err(()), "{bad:?}");
+        }
+    }
+
+    fn with_forwarded(lines: &[&str], xff: Option<&str>) -> RequestHeader {
+        let mut r = req(xff);
+        for l in lines {
+            r.append_header("Forwarded", *l).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn client_ip_from_forwarded() {
+        let f = rfc(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let c = |lines: &[&str]| f.client_ip(peer, &with_forwarded(lines, None)).to_string();
+        assert_eq!(c(&["for=192.0.2.1, for=10.0.0.2"]), "192.0.2.1");
+        assert_eq!(c(&["for=192.0.2.1", "for=\"10.0.0.2:80\""]), "192.0.2.1");
+        assert_eq!(
+            c(&["for=192.0.2.1", "for=\"[10.0.0.2]\""]),
+            "10.0.0.1",
+            "not IPv6"
+        );
+        assert_eq!(c(&["for=192.0.2.1, for=unknown, for=10.0.0.2"]), "10.0.0.2");
+        assert_eq!(c(&["for=192.0.2.1, for=_hidden"]), "10.0.0.1");
+        assert_eq!(c(&["for=10.0.0.3, for=10.0.0.2"]), "10.0.0.3");
+        assert_eq!(c(&["proto=http"]), "10.0.0.1");
+        assert_eq!(c(&[]), "10.0.0.1");
+        // A line that does not parse is one opaque hop: nothing in it is believed.
+        assert_eq!(c(&["for=\"6.6.6.6, for=10.0.0.2"]), "10.0.0.1");
+        assert_eq!(c(&["for=192.0.2.1", "x\"", "for=10.0.0.2"]), "10.0.0.2");
+        assert_eq!(
+            c(&["for=\"x, for=10.0.0.2;host=\"h, for=6.6.6.6\""]),
+            "10.0.0.1"
+        );
+        // X-Forwarded-For wins when present.
+        let r = with_forwarded(&["for=192.0.2.1"], Some("198.51.100.1"));
+        assert_eq!(f.client_ip(peer, &r).to_string(), "198.51.100.1");
+        // Untrusted peers and rfc7239 off: Forwarded is not read.
+        let r = with_forwarded(&["for=192.0.2.1"], None);
+        assert_eq!(
+            f.client_ip("1.2.3.4".parse().unwrap(), &r).to_string(),
+            "1.2.3.4"
+        );
+        let off = fwd(&["10.0.0.0/8"], XffMode::Append);
+        assert_eq!(off.client_ip(peer, &r), peer);
+    }
+
+    /// xorshift64*: deterministic garbage.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const PIECES: &[&str] = &[
+        "for=",
+        "For=",
+        "FOR=",
+        "6.6.6.6",
+        "10.9.9.9",
+        "6.6.6.6:80",
+        "[2001:db8::6]",
+        "2001:db8::6",
+        "unknown",
+        "_x",
+        ";proto=http",
+        ";host=",
+        "by=",
+        "\"",
+        "\\",
+        ",",
+        ";",
+        " ",
+        "=",
+        "[",
+        "]",
+        ":",
+        "\t",
+        ", for=",
+        "\"[",
+        "]\"",
+        "\"6.6.6.6\"",
+        "_",
+    ];
+
+    fn garbage(rng: &mut Rng, visible_only: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        for _ in 0..rng.below(24) {
+            match rng.below(4) {
+                0 if visible_only => v.push(0x21 + rng.below(0x5e) as u8),
+                0 => v.push(rng.next() as u8),
+                _ => v.extend_from_slice(PIECES[rng.below(PIECES.len())].as_bytes()),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn forwarded_parser_fuzz_never_panics_and_is_never_fooled() {
+        let f = rfc(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            // Raw bytes, controls and all: no panic, and anything reported came from the input.
+            let raw = garbage(&mut rng, false);
+            let _ = parse_forwarded_for(&raw, &mut |_| {});
+            let _ = parse_node(&raw);
+
+            // A client's garbage `Forwarded` with a trusted proxy's element appended on the same
+            // line (or on a line of its own); the client also picks the Host. The client address
+            // is the one the proxy wrote, or at worst the proxy itself: never the client's pick.
+            let prefix = garbage(&mut rng, true);
+            let host = String::from_utf8(garbage(&mut rng, true)).unwrap();
+            let mut own = String::new();
+            forwarded_element(&mut own, Some(client), false, Some(&host));
+            assert_eq!(nodes(&own), Ok(vec![Node::Ip(client)]), "{own}");
+            let mut line = prefix.clone();
+            line.extend_from_slice(b", ");
+            line.extend_from_slice(own.as_bytes());
+            let mut r = req(None);
+            r.append_header("Forwarded", HeaderValue::from_bytes(&line).unwrap())
+                .unwrap();
+            let got = f.client_ip(peer, &r);
+            assert!(
+                got == client || got == peer,
+                "{got} from {:?}",
+                String::from_utf8_lossy(&line)
+            );
+            let mut r = req(None);
+            r.append_header("Forwarded", HeaderValue::from_bytes(&prefix).unwrap())
+                .unwrap();
+            r.append_header("Forwarded", own.as_str()).unwrap();
+            assert_eq!(f.client_ip(peer, &r), client);
+
+            // Through `apply` too (appending to garbage from a trusted peer must not fail).
+            let mut r = req(None);
+            r.append_header("Forwarded", HeaderValue::from_bytes(&prefix).unwrap())
+                .unwrap();
+            f.apply(&mut r, Some(peer), false, None);
+            assert!(r.headers.get("forwarded").is_some());
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 pub mod affinity;
 pub mod ctx;
 pub mod headers;
+pub mod limits;
+pub mod normalize;
 pub mod router;
 
 use crate::runtime::Runtime;
@@ -18,6 +20,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::tunnel::{DetachedTunnel, TunnelStats};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use router::Action;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -77,6 +80,32 @@ async fn respond(
     Ok(())
 }
 
+fn text_plain() -> (header::HeaderName, header::HeaderValue) {
+    (
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    )
+}
+
+/// Answers 400 (and closes: the body is left unread) to a request whose path cannot be
+/// routed safely, with an info line naming the path as sent.
+async fn refuse_path(session: &mut Session, why: &(dyn std::fmt::Display + Sync)) -> Result<bool> {
+    log::info!(
+        "refused request path {:?}: {why}",
+        session.req_header().uri.path()
+    );
+    session.set_keepalive(None);
+    respond(
+        session,
+        400,
+        &[text_plain()],
+        Bytes::from_static(b"400 bad request path\n"),
+        None,
+    )
+    .await?;
+    Ok(true)
+}
+
 /// Largest handshake body buffered for sid tagging; bigger ones pass through untouched.
 const MAX_HANDSHAKE_BODY: usize = 64 * 1024;
 /// Table expiry when a handshake does not state its heartbeat (Socket.IO's default 45 s + slack).
@@ -106,7 +135,8 @@ fn apply_affinity(
     ctx: &mut Ctx,
 ) -> Result<(), Refusal> {
     if let Some(sio) = &aff.socketio_path {
-        if req.uri.path().starts_with(sio.as_str()) {
+        // The normalised path: the one the route was chosen by.
+        if ctx.path(req).starts_with(sio.as_str()) {
             let query = req.uri.query();
             if affinity::has_several_sids(query) {
                 return Err(Refusal::SeveralSids);
@@ -151,6 +181,24 @@ fn apply_affinity(
         }
     }
     Ok(())
+}
+
+/// The path-and-query to send upstream when it is not the request's own: the normalised path
+/// (unless the route sets `raw_path`), then `strip_prefix` / `rewrite` on it; the query as sent.
+fn upstream_path(route: &router::Route, ctx: &Ctx, req: &RequestHeader) -> Option<String> {
+    let norm = ctx.norm_path.as_deref().filter(|_| !route.raw_path);
+    let query = req.uri.query();
+    let path = norm.unwrap_or_else(|| req.uri.path());
+    route.rewrite.apply(path, query).or_else(|| {
+        let norm = norm?;
+        let mut pq = String::with_capacity(norm.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(norm);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Some(pq)
+    })
 }
 
 /// The https URL of a plain-HTTP request: same host (port replaced) and path.
@@ -224,6 +272,55 @@ pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 impl Gateway {
+    /// Counts the request against a route's rate limit: `Err(wait)` when refused.
+    fn check_rate(&self, limit: &limits::RateLimit, session: &Session) -> Result<(), Duration> {
+        let req = session.req_header();
+        let named = match &limit.key {
+            limits::LimitKey::ClientIp => None,
+            limits::LimitKey::Header(h) => req.headers.get(h).map(|v| v.as_bytes()),
+            limits::LimitKey::Cookie(c) => cookie(req, c).map(str::as_bytes),
+        };
+        if let Some(key) = named {
+            return limit.check(key);
+        }
+        // No key of its own (or keyed by address): the client address, which a client
+        // cannot choose (X-Forwarded-For only from trusted proxies).
+        let ip = peer_ip(session).map(|peer| self.rt.forwarded.client_ip(peer, req));
+        match ip {
+            Some(IpAddr::V4(v4)) => limit.check(&v4.octets()),
+            Some(IpAddr::V6(v6)) => limit.check(&v6.octets()),
+            None => limit.check(b""),
+        }
+    }
+
+    /// Answers a request over its route's rate limit: 429 (or the configured status) with
+    /// `Retry-After`.
+    async fn refuse_rate(
+        &self,
+        session: &mut Session,
+        route: &router::Route,
+        limit: &limits::RateLimit,
+        wait: Duration,
+    ) -> Result<bool> {
+        let client = session
+            .client_addr()
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
+        limit.log_refusal(&route.name, &client);
+        let retry = limits::retry_after_secs(wait);
+        respond(
+            session,
+            limit.status,
+            &[
+                text_plain(),
+                (header::RETRY_AFTER, header::HeaderValue::from(retry)),
+            ],
+            Bytes::from_static(b"429 too many requests\n"),
+            None,
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// Accounts for sending the request to backend `idx` and returns its peer.
     fn use_backend(&self, pool: &Pool, idx: usize, ctx: &mut Ctx) -> Box<HttpPeer> {
         if idx < 64 {
@@ -253,28 +350,71 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Routed by the normalised path, so a denied path has one spelling (see normalize.rs).
+        let norm = normalize::normalize(session.req_header().uri.path()).map(|p| match p {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        });
+        match norm {
+            Ok(norm) => ctx.norm_path = norm,
+            Err(e) => return refuse_path(session, &e).await,
+        }
         let req = session.req_header();
-        let found = self.rt.router.find(request_host(req), req.uri.path());
+        let found = self.rt.router.find(request_host(req), ctx.path(req));
         let Some((idx, route)) = found else {
             respond(
                 session,
                 404,
-                &[(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain"),
-                )],
+                &[text_plain()],
                 Bytes::from_static(b"404 no route\n"),
                 None,
             )
             .await?;
             return Ok(true);
         };
+        // The URI holds a lossy rendering of a non-UTF-8 target: its normalised form cannot
+        // be sent upstream without changing those bytes. (Pingora's HTTP/1 parser refuses
+        // such targets today; this keeps the rule should one get through.)
+        if ctx.norm_path.is_some() && !route.raw_path && !req.raw_path_is_utf8() {
+            return refuse_path(session, &"not UTF-8 and not in normal form").await;
+        }
         ctx.route = Some(idx);
         if !self.rt.redirect_ports.is_empty() && !route.allow_http {
             let port = self.local_port(session, is_tls(session));
             if port.is_some_and(|p| self.rt.redirect_ports.contains(&p)) {
                 let loc = https_location(session.req_header(), self.rt.https_port);
                 respond(session, 301, &[(header::LOCATION, loc)], Bytes::new(), None).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(limit) = &route.rate_limit {
+            if let Err(wait) = self.check_rate(limit, session) {
+                return self.refuse_rate(session, route, limit, wait).await;
+            }
+        }
+        if let Some(max) = route.max_body {
+            let req = session.req_header();
+            let declared = req
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                log::info!(
+                    "{}: request body of {} bytes is over max_body {max}: 413",
+                    route.name,
+                    declared.unwrap_or(0)
+                );
+                // The body is not read: the connection cannot carry another request.
+                session.set_keepalive(None);
+                respond(
+                    session,
+                    413,
+                    &[text_plain()],
+                    Bytes::from_static(b"413 request body too large\n"),
+                    None,
+                )
+                .await?;
                 return Ok(true);
             }
         }
@@ -317,6 +457,22 @@ impl ProxyHttp for Gateway {
                     }
                 }
                 if session.is_upgrade_req() {
+                    let Some(slot) = p.upgrade_slot() else {
+                        log::warn!(
+                            "upstream {}: max_upgraded connections open: upgrade refused with 503",
+                            p.name
+                        );
+                        respond(
+                            session,
+                            503,
+                            &[text_plain()],
+                            Bytes::from_static(b"503 too many upgraded connections\n"),
+                            None,
+                        )
+                        .await?;
+                        return Ok(true);
+                    };
+                    ctx.upgrade_slot = Some(slot);
                     ctx.upgrade = true;
                     // Pingora reads the upgraded client stream with the downstream read timeout
                     // (60 s by default): give it the pool's idle timeout instead.
@@ -347,7 +503,8 @@ impl ProxyHttp for Gateway {
                 let mut location = to.clone();
                 if *keep_path {
                     let req = session.req_header();
-                    let rest = req.uri.path().get(route.prefix_len()..).unwrap_or("");
+                    // The prefix was matched in the normalised path.
+                    let rest = ctx.path(req).get(route.prefix_len()..).unwrap_or("");
                     if location.ends_with('/') && rest.starts_with('/') {
                         location.pop();
                     }
@@ -466,14 +623,11 @@ impl ProxyHttp for Gateway {
             upstream_request.set_uri(origin);
             upstream_request.insert_header(header::HOST, host)?;
         }
-        if let Some(pq) = route
-            .rewrite
-            .apply(upstream_request.uri.path(), upstream_request.uri.query())
-        {
+        if let Some(pq) = upstream_path(route, ctx, upstream_request) {
             let uri = http::Uri::try_from(pq).map_err(|e| {
                 Error::because(
                     ErrorType::InvalidHTTPHeader,
-                    "rewritten path is not a valid URI",
+                    "upstream path is not a valid URI",
                     e,
                 )
             })?;
@@ -566,6 +720,32 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A body without Content-Length (chunked) is counted as it streams.
+        if let (Some(b), Some(r)) = (body.as_ref(), ctx.route) {
+            ctx.body_bytes += b.len() as u64;
+            if let Some(max) = self.rt.router.get(r).max_body {
+                if ctx.body_bytes > max && !ctx.detached {
+                    log::info!(
+                        "{}: request body over max_body {max}: 413",
+                        self.rt.router.get(r).name
+                    );
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(413),
+                        format!("request body over max_body {max}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -648,6 +828,8 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // A request body slower than `listeners[].client` allows (nginx: 408).
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -673,6 +855,13 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             let pool = &self.rt.pools[p];
+            if crate::upstream::is_local_resource_error(&e) {
+                // Out of descriptors (or memory, ports) here: not the backend's fault, and
+                // another backend would fail the same way.
+                log::warn!("upstream {} backend {peer}: cannot connect: {e}", pool.name);
+                e.set_retry(false);
+                return e;
+            }
             pool.report_failure(b);
             if ctx.sid_pinned {
                 log::warn!(
@@ -739,6 +928,7 @@ impl ProxyHttp for Gateway {
             }),
             _ => None,
         };
+        let slot = ctx.upgrade_slot.take();
         let line = log::log_enabled!(target: "access", log::Level::Info)
             .then(|| self.access_line(session, ctx));
         let start = ctx.start;
@@ -746,6 +936,7 @@ impl ProxyHttp for Gateway {
             idle_timeout: idle,
             on_close: Some(Box::new(move |stats: &TunnelStats| {
                 drop(in_flight);
+                drop(slot);
                 if let Some((head, route, times)) = line {
                     log::info!(
                         target: "access",

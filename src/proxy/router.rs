@@ -138,6 +138,12 @@ pub struct Route {
     pub filters: Vec<Arc<dyn Filter>>,
     /// Served on `redirect_https` listeners too.
     pub allow_http: bool,
+    /// Send the client's path upstream rather than the normalised one.
+    pub raw_path: bool,
+    /// Requests per client.
+    pub rate_limit: Option<crate::proxy::limits::RateLimit>,
+    /// Largest request body in bytes (`None`: no limit).
+    pub max_body: Option<u64>,
 }
 
 impl std::fmt::Debug for Route {
@@ -493,6 +499,11 @@ impl Router {
         &self.routes[index]
     }
 
+    /// Every route, in file order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.routes.len()
@@ -689,6 +700,10 @@ fn compile_route(
             }
         },
     };
+    check_raw_path(&at, rc, is_proxy, issues);
+    let rate_limit = rc.rate_limit.as_ref().and_then(|c| {
+        crate::proxy::limits::RateLimit::compile(c, &format!("{at}.rate_limit"), issues)
+    });
     let request_headers = HeaderRules::compile(
         &rc.request_headers,
         &format!("{at}.request_headers"),
@@ -728,7 +743,29 @@ fn compile_route(
         response_headers,
         filters,
         allow_http: rc.allow_http,
+        raw_path: rc.raw_path,
+        rate_limit,
+        max_body: Some(rc.max_body.0).filter(|&n| n > 0),
     })
+}
+
+/// `raw_path` is about what goes upstream, and a prefix to strip or rewrite is found in the
+/// normalised path, where it may not be at the same offset as in the raw one.
+fn check_raw_path(at: &str, rc: &RouteConf, is_proxy: bool, issues: &mut Issues) {
+    if !rc.raw_path {
+        return;
+    }
+    if !is_proxy {
+        issues.error(
+            format!("{at}.raw_path"),
+            "only applies to routes with an upstream",
+        );
+    } else if rc.strip_prefix || rc.rewrite.is_some() {
+        issues.error(
+            format!("{at}.raw_path"),
+            "cannot be combined with strip_prefix or rewrite (the prefix is matched in the normalised path)",
+        );
+    }
 }
 
 #[cfg(test)]
@@ -849,6 +886,30 @@ routes:
         for (g, w) in got.iter().zip(want) {
             assert!(g.starts_with(w), "{g} should start with {w}");
         }
+    }
+
+    #[test]
+    fn raw_path_needs_an_upstream_and_no_prefix_rewrite() {
+        let (r, i) = router(
+            r#"
+routes:
+  - { match: { path_prefix: /raw/ }, upstream: a, raw_path: true }
+  - { match: { path_prefix: /s/ }, upstream: a, raw_path: true, strip_prefix: true }
+  - { match: { path_prefix: /w/ }, upstream: a, raw_path: true, rewrite: /v/ }
+  - { respond: { status: 200 }, raw_path: true }
+"#,
+        );
+        let got: Vec<String> = i.errors.iter().map(|e| e.to_string()).collect();
+        let want = [
+            "routes[1].raw_path: cannot be combined with strip_prefix or rewrite",
+            "routes[2].raw_path: cannot be combined with strip_prefix or rewrite",
+            "routes[3].raw_path: only applies to routes with an upstream",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.starts_with(w), "{g} should start with {w}");
+        }
+        assert!(r.get(0).raw_path);
     }
 
     #[test]

@@ -96,6 +96,15 @@ impl HealthChecker {
             let b = &self.pool.backends[i];
             let err = match res {
                 Ok(Ok(())) => None,
+                Ok(Err(e)) if super::is_local_resource_error(&e) => {
+                    // Our own shortage says nothing about the backend: no verdict this round.
+                    log::warn!(
+                        "upstream {} backend {} not checked: {e}",
+                        self.pool.name,
+                        b.addr
+                    );
+                    continue;
+                }
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some(format!("timed out after {:?}", self.settings.timeout)),
             };

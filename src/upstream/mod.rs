@@ -22,6 +22,21 @@ use std::time::{Duration, Instant};
 
 static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
 
+/// Whether `e` is this machine running out of something (file descriptors, memory, local
+/// ports, buffers) rather than a fault of the backend: such errors must never count against
+/// a backend (eject it, mark it down), or a descriptor shortage takes healthy nodes out.
+pub fn is_local_resource_error(e: &pingora_core::Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.raw_os_error())
+        .is_some_and(|code| {
+            matches!(
+                code,
+                libc::ENOMEM | libc::ENFILE | libc::EMFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS
+            )
+        })
+}
+
 /// Milliseconds since the process started (a cheap monotonic clock for ejection windows).
 pub fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
@@ -125,6 +140,19 @@ pub struct Pool {
     /// Smooth weighted round-robin order of backend indices.
     wheel: Vec<u16>,
     rr: AtomicUsize,
+    /// Upgraded connections open now, against `max_upgraded` (0: no limit).
+    upgraded: AtomicUsize,
+    max_upgraded: usize,
+}
+
+/// An upgraded connection's place in its pool's `max_upgraded`, given back when dropped.
+#[derive(Debug)]
+pub struct UpgradeSlot(Arc<Pool>);
+
+impl Drop for UpgradeSlot {
+    fn drop(&mut self) {
+        self.0.upgraded.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Session affinity of a pool.
@@ -488,7 +516,22 @@ impl Pool {
             fail_timeout_ms: c.passive.fail_timeout.0.as_millis() as u64,
             wheel,
             rr: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+            max_upgraded: c.max_upgraded,
         }
+    }
+
+    /// A place for one more upgraded connection, or `None` when `max_upgraded` are open.
+    /// Pools without a limit only count.
+    pub fn upgrade_slot(self: &Arc<Self>) -> Option<UpgradeSlot> {
+        let open = self.upgraded.fetch_add(1, Relaxed);
+        let slot = UpgradeSlot(self.clone());
+        (self.max_upgraded == 0 || open < self.max_upgraded).then_some(slot)
+    }
+
+    /// Upgraded connections (WebSockets) open to this pool now.
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Relaxed)
     }
 
     /// Picks a usable backend not in `exclude` (a bitmask of backend indices < 64).

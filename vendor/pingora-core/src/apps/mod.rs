@@ -89,6 +89,12 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// pingora-gateway patch: limits applied to every HTTP/1 session of the service (header,
+    /// keep-alive, body and send timeouts, header size), against slow clients.
+    ///
+    /// Default: `None` (Pingora's defaults: unlimited keep-alive, 1 MiB headers)
+    pub h1_client_limits: Option<crate::protocols::http::v1::server::ClientLimits>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -356,12 +362,19 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            let limits = self.server_options().and_then(|o| o.h1_client_limits);
+            if let Some(l) = limits {
+                session.set_client_limits(l, false);
+            }
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                if let Some(l) = limits {
+                    session.set_client_limits(l, true);
                 }
 
                 result = self.process_new_http(session, shutdown).await;

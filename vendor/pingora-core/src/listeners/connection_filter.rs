@@ -92,7 +92,18 @@ pub trait ConnectionFilter: Debug + Send + Sync {
     async fn should_accept(&self, _addr: Option<&SocketAddr>) -> bool {
         true
     }
+
+    /// pingora-gateway patch: called for a connection `should_accept` let through. `Err`
+    /// drops it; `Ok(Some(guard))` keeps `guard` alive exactly as long as the connection's
+    /// socket (through keep-alive, upgrades and detached tunnels), so counts of open
+    /// connections can be RAII guards. See PATCHED.md.
+    fn admit(&self, _addr: Option<&SocketAddr>) -> Result<Option<ConnectionGuard>, ()> {
+        Ok(None)
+    }
 }
+
+/// pingora-gateway patch: a value dropped when its connection's socket is closed.
+pub type ConnectionGuard = Box<dyn std::any::Any + Send + Sync>;
 
 /// Default implementation that accepts all connections.
 ///

@@ -469,24 +469,24 @@ impl ListenerEndpoint {
                     .or_err(AcceptError, "Fail to accept()")?;
 
                 // Performance: nested if-let avoids cloning/allocations on each connection accept
-                let should_accept = if let Some(digest) = stream.get_socket_digest() {
-                    if let Some(peer_addr) = digest.peer_addr() {
-                        self.connection_filter
-                            .should_accept(peer_addr.as_inet())
-                            .await
-                    } else {
-                        // No peer address available - accept by default
-                        true
-                    }
-                } else {
-                    // No socket digest available - accept by default
-                    true
-                };
+                let digest = stream.get_socket_digest();
+                let peer = digest.as_ref().and_then(|d| d.peer_addr()).and_then(|a| a.as_inet());
+                let should_accept = self.connection_filter.should_accept(peer).await;
 
                 if !should_accept {
                     debug!("Connection rejected by filter");
                     drop(stream);
                     continue;
+                }
+                // pingora-gateway patch: a guard that lives as long as the socket.
+                match self.connection_filter.admit(peer) {
+                    Ok(Some(guard)) => stream.set_connection_guard(guard),
+                    Ok(None) => {}
+                    Err(()) => {
+                        debug!("Connection refused by filter");
+                        drop(stream);
+                        continue;
+                    }
                 }
 
                 self.apply_stream_settings(&mut stream)?;

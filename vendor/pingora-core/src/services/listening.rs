@@ -204,6 +204,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
     ) {
+        let mut last_accept_error: Option<std::time::Instant> = None;
         // the accept loop, until the system is shutting down
         loop {
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
@@ -252,7 +253,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     });
                 }
                 Err(e) => {
-                    error!("Accept() failed {e}");
+                    // pingora-gateway patch: at most one log line per second per listener
+                    // (a full fd table fails every accept); see PATCHED.md.
+                    if last_accept_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        error!("Accept() failed {e} (repeats within a second are not logged)");
+                        last_accept_error = Some(std::time::Instant::now());
+                    }
                     if let Some(io_error) = e
                         .root_cause()
                         .downcast_ref::<std::io::Error>()
@@ -260,7 +266,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     {
                         // 24: too many open files. In this case accept() will continue return this
                         // error without blocking, which could use up all the resources
-                        if io_error == 24 {
+                        // (pingora-gateway patch: also 23 ENFILE, 12 ENOMEM, 105 ENOBUFS)
+                        if matches!(io_error, 12 | 23 | 24 | 105) {
                             // call sleep to calm the thread down and wait for others to release
                             // some resources
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;

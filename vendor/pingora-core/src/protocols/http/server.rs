@@ -461,6 +461,16 @@ impl Session {
         }
     }
 
+    /// pingora-gateway patch: applies [`ClientLimits`](super::v1::server::ClientLimits) to an
+    /// HTTP/1 session (`reused`: a later request of a keep-alive connection).
+    ///
+    /// This is a noop for other sessions.
+    pub fn set_client_limits(&mut self, limits: super::v1::server::ClientLimits, reused: bool) {
+        if let Self::H1(s) = self {
+            s.set_client_limits(limits, reused);
+        }
+    }
+
     /// Sets whether we ignore writing informational responses downstream.
     ///
     /// For HTTP/1.1 this is a noop if the response is Upgrade or Continue and

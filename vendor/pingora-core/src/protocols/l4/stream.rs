@@ -540,9 +540,17 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    /// pingora-gateway patch: dropped with the stream, after the socket (declared last).
+    connection_guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Stream {
+    /// pingora-gateway patch: keeps `guard` alive until this stream is dropped (see
+    /// `ConnectionFilter::admit`).
+    pub fn set_connection_guard(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+        self.connection_guard = Some(guard);
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
@@ -660,6 +668,7 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            connection_guard: None,
         }
     }
 }
@@ -683,6 +692,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            connection_guard: None,
         }
     }
 }
@@ -707,6 +717,7 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            connection_guard: None,
         }
     }
 }

@@ -29,7 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
@@ -158,6 +158,69 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// pingora-gateway patch: limits on what a client may hold open (see [`ClientLimits`]).
+    limits: Option<ClientLimits>,
+    /// Whether this session reads the second or later request of its connection.
+    reused: bool,
+    /// Time spent waiting for request body bytes, settled after each read.
+    body_wait: Duration,
+    /// Start of the body read in progress (kept when a read is cancelled and resumed).
+    body_wait_since: Option<Instant>,
+}
+
+/// pingora-gateway patch: limits on a client that is slow or sends too much, so that
+/// slowloris-style clients are cut (nginx `client_header_timeout`, `keepalive_timeout`,
+/// `client_body_timeout`, `send_timeout`, `large_client_header_buffers`). Set on a session by
+/// [`HttpSession::set_client_limits`], on every session of a service by
+/// `HttpServerOptions::h1_client_limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request header must arrive within this, counted from its first byte (for the
+    /// first request of a connection: from the session's start). On expiry the client gets a
+    /// 408 if it sent part of a header; an idle connection is closed silently.
+    pub header_timeout: Option<Duration>,
+    /// How long a keep-alive connection waits for the first byte of its next request; caps a
+    /// longer `Keep-Alive: timeout=` and Pingora's otherwise unlimited keep-alive.
+    pub keepalive_timeout: Option<Duration>,
+    /// Longest request line (method, target, version); a longer one is answered 414.
+    pub max_request_line: usize,
+    /// Most bytes of one request header (request line included); more is answered 431.
+    pub max_header_bytes: usize,
+    /// Longest wait for one read of the request body (nginx `client_body_timeout`); with
+    /// `min_body_rate`, also the grace before that rate is enforced.
+    pub body_timeout: Option<Duration>,
+    /// Average bytes per second a request body must keep up: the body may spend
+    /// `body_timeout` plus one second per `min_body_rate` bytes received waiting for the
+    /// client (Apache `mod_reqtimeout`'s `MinRate`), so a trickle is cut. 0: no rate.
+    pub min_body_rate: usize,
+    /// Longest a write to the client may wait (a reader that stopped reading).
+    pub send_timeout: Option<Duration>,
+}
+
+/// pingora-gateway patch: refuses a partial request header that is already over a limit:
+/// 414 while its request line is longer than allowed, else 431 past the header size.
+fn check_header_size(buf: &[u8], l: &ClientLimits) -> Result<()> {
+    // The line (with its CR) fits when a LF shows up within its first `max + 2` bytes.
+    let probe = l.max_request_line.saturating_add(2);
+    if buf.len() >= probe && buf[..probe].find_byte(b'\n').is_none() {
+        return too_large(414, buf.len());
+    }
+    if buf.len() > l.max_header_bytes {
+        return too_large(431, buf.len());
+    }
+    Ok(())
+}
+
+fn too_large<T>(status: u16, read: usize) -> Result<T> {
+    let what = if status == 414 {
+        "request line"
+    } else {
+        "request header"
+    };
+    Error::e_explain(
+        HTTPStatus(status),
+        format!("{what} over the limit ({read} bytes read)"),
+    )
 }
 
 impl HttpSession {
@@ -206,6 +269,73 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            limits: None,
+            reused: false,
+            body_wait: Duration::ZERO,
+            body_wait_since: None,
+        }
+    }
+
+    /// pingora-gateway patch: applies [`ClientLimits`] to this session; `reused` says it
+    /// reads a later request of a keep-alive connection (its first byte may take up to
+    /// `keepalive_timeout`; the first request's header is timed from now).
+    pub fn set_client_limits(&mut self, limits: ClientLimits, reused: bool) {
+        if limits.send_timeout.is_some() {
+            self.write_timeout = limits.send_timeout;
+        }
+        if limits.body_timeout.is_some() {
+            self.read_timeout = limits.body_timeout;
+        }
+        self.limits = Some(limits);
+        self.reused = reused;
+    }
+
+    /// The wait allowed for the next read of a request header under `limits`: until the
+    /// header deadline once a byte arrived (or on a fresh connection), else the keep-alive
+    /// idle time. `Err` when the deadline has passed.
+    fn header_wait(
+        &self,
+        limits: &ClientLimits,
+        deadline: Option<Instant>,
+    ) -> Option<Duration> {
+        match deadline {
+            Some(d) => Some(d.saturating_duration_since(Instant::now())),
+            None => {
+                let client = match self.keepalive_timeout {
+                    KeepaliveStatus::Timeout(d) => Some(d),
+                    _ => None,
+                };
+                match (limits.keepalive_timeout, client) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        }
+    }
+
+    /// Reads under [`ClientLimits`]: `Ok(None)` when an idle connection timed out (closed
+    /// silently), a 408 when a started header did not complete in time.
+    async fn read_request_buf_limited(
+        &mut self,
+        buf: &mut BytesMut,
+        already_read: usize,
+        limits: ClientLimits,
+        deadline: Option<Instant>,
+    ) -> Result<Option<usize>> {
+        let Some(wait) = self.header_wait(&limits, deadline) else {
+            let res = self.underlying_stream.read_buf(buf).await;
+            return Self::read_result(res, already_read);
+        };
+        match timeout(wait, self.underlying_stream.read_buf(buf)).await {
+            Ok(res) => Self::read_result(res, already_read),
+            Err(_) if already_read == 0 => {
+                debug!("client idle for {wait:?} before a request: closing");
+                Ok(None)
+            }
+            Err(_) => Error::e_explain(
+                HTTPStatus(408),
+                format!("request header not complete within the header timeout ({already_read} bytes read)"),
+            ),
         }
     }
 
@@ -241,6 +371,14 @@ impl HttpSession {
             }
         };
 
+        Self::read_result(read_result, already_read)
+    }
+
+    /// Maps one read of a request header to its outcome.
+    fn read_result(
+        read_result: std::io::Result<usize>,
+        already_read: usize,
+    ) -> Result<Option<usize>> {
         match read_result {
             Ok(n_read) => {
                 if n_read == 0 {
@@ -304,7 +442,19 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // pingora-gateway patch: the header deadline runs from the first byte (from now on a
+        // fresh connection); before that a keep-alive connection waits its idle time.
+        let limits = self.limits;
+        let mut deadline = limits.and_then(|l| {
+            (already_read != 0 || !self.reused)
+                .then_some(l.header_timeout)
+                .flatten()
+                .map(|t| Instant::now() + t)
+        });
         loop {
+            if let Some(l) = &limits {
+                check_header_size(&buf, l)?;
+            }
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
@@ -323,6 +473,20 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
+            } else if let Some(l) = limits {
+                match self
+                    .read_request_buf_limited(&mut buf, already_read, l, deadline)
+                    .await?
+                {
+                    Some(n) => {
+                        if already_read == 0 && deadline.is_none() {
+                            deadline = l.header_timeout.map(|t| Instant::now() + t);
+                        }
+                        already_read += n;
+                    }
+                    None => return Ok(None),
+                }
+                check_header_size(&buf, &l)?;
             } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
                 already_read += n;
             } else {
@@ -338,6 +502,14 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        if let Some(l) = &limits {
+                            if s > l.max_header_bytes {
+                                return too_large(431, s);
+                            }
+                            if req.path.map_or(0, str::len) > l.max_request_line {
+                                return too_large(414, s);
+                            }
+                        }
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
@@ -606,6 +778,26 @@ impl HttpSession {
 
     /// Read the body into the internal buffer
     async fn read_body(&mut self) -> Result<Option<BufRef>> {
+        // pingora-gateway patch: a body that trickles in is cut once the time spent waiting
+        // for it exceeds `body_timeout` plus one second per `min_body_rate` bytes received.
+        if let Some(budget) = self.body_budget() {
+            let since = *self.body_wait_since.get_or_insert_with(Instant::now);
+            let left = budget.saturating_sub(since.elapsed());
+            let t = self.read_timeout.map_or(left, |t| t.min(left));
+            let res = timeout(t, self.do_read_body()).await;
+            self.body_wait += since.elapsed();
+            self.body_wait_since = None;
+            return match res {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(
+                    ReadTimedout,
+                    format!(
+                        "reading body: {} bytes in {:?} of waiting",
+                        self.body_bytes_read, self.body_wait
+                    ),
+                ),
+            };
+        }
         match self.read_timeout {
             Some(t) => match timeout(t, self.do_read_body()).await {
                 Ok(res) => res,
@@ -613,6 +805,19 @@ impl HttpSession {
             },
             None => self.do_read_body().await,
         }
+    }
+
+    /// The waiting time left to the request body under [`ClientLimits`], counted before the
+    /// read in progress started; `None` when not limited (or upgraded: that is not a body).
+    fn body_budget(&self) -> Option<Duration> {
+        let l = self.limits.as_ref()?;
+        let rate = l.min_body_rate as u64;
+        if rate == 0 || self.upgraded {
+            return None;
+        }
+        let base = l.body_timeout?;
+        let earned = Duration::from_millis((self.body_bytes_read as u64).saturating_mul(1000) / rate);
+        Some((base + earned).saturating_sub(self.body_wait))
     }
 
     async fn do_drain_request_body(&mut self) -> Result<()> {
