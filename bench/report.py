@@ -207,6 +207,10 @@ def main():
     for name, s_, m_, d, unit in feats:
         g, b = med(s_, m_, "gw"), med(s_, m_, "bare")
         tl.append(f"| features on vs bare Pingora <= 1.05 x: {name} | {fmt(g, d)} vs 1.05 x {fmt(b, d)}{unit} ({rx(g, b)}) | {state(le(g, b, 1.05))} |")
+    # What /metrics costs the request path: the same gateway with admin.metrics off.
+    g, m = med("http_ka", "cpu_us", "gw"), med("http_ka", "cpu_us", "gwnm")
+    tl.append(f"| /metrics counters cost nothing measurable (keep-alive CPU/request, metrics on vs off) | {fmt(g, 2)} vs {fmt(m, 2)} µs"
+              f" ({rx(g, m)}; run-to-run spread of this VM: see the per-run table) | {state(None if g is None or m is None else g <= m * 1.03)} |")
     # Route lookup: 10,000 prefix routes under one host at most 2x the 10-route lookup.
     def last_ns(key):
         r = rt.get(key) if isinstance(rt, dict) else None

@@ -133,6 +133,8 @@ P_HAPROXY=8003
 P_BARE=8004
 P_GWADMIN=8091
 P_GWSIO=8011
+P_GWNM=8012
+P_GWNMADMIN=8092
 
 PIDS=()        # everything started here
 GW_PIDS=" "    # the gateways among them: stopped with SIGINT (fast shutdown; SIGTERM is
@@ -194,6 +196,10 @@ routes:
   - { match: { path_prefix: /static/ }, upstream: app, response_headers: { set: { Cache-Control: "max-age=60" } } }
   - { upstream: app }
 EOF
+# The same gateway with the per-request metric counters off (admin.metrics: false), to show
+# what /metrics costs on the request path (keep-alive scenario only).
+sed -e "s/127.0.0.1:$P_GW\"/127.0.0.1:$P_GWNM\"/; s/127.0.0.1:$P_GWADMIN\"/127.0.0.1:$P_GWNMADMIN\", metrics: false/" \
+    -e "s#$WORK/gw.pid#$WORK/gwnm.pid#; s#$WORK/gw.sock#$WORK/gwnm.sock#" "$WORK/gw.yaml" >"$WORK/gwnm.yaml"
 cat >"$WORK/gwsio.yaml" <<EOF
 server: { threads: 1, pid_file: $WORK/gwsio.pid, upgrade_sock: $WORK/gwsio.sock }
 listeners: [ { address: "127.0.0.1:$P_GWSIO" } ]
@@ -293,6 +299,9 @@ start_target() { # target
     haproxy)
       taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" >>"$WORK/logs/haproxy.log" 2>&1 &
       TPID[haproxy]=$!; PIDS+=($!); wait_http "http://127.0.0.1:$P_HAPROXY/health" ;;
+    gwnm)
+      RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gwnm.yaml" >>"$WORK/logs/gwnm.log" 2>&1 &
+      TPID[gwnm]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_GWNM/health" ;;
     gwsio)
       RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gwsio.yaml" >>"$WORK/logs/gwsio.log" 2>&1 &
       TPID[gwsio]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_GWSIO/health" ;;
@@ -370,7 +379,7 @@ COUNT_DURATION=${COUNT_DURATION:-2}   # seconds of the new-connection counting p
 log "backend connection count: $([ $BACKEND_SYN = 1 ] && echo "nftables SYN counter on :$P_BACKEND, ${COUNT_DURATION} s counting pass after each new-connection run (no rule during the measured runs)" || echo "PassiveOpens - requests")"
 backend_syns() { nft list counter inet gwbench bsyn | awk '{ for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'; }
 passive_opens() { awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1 } else print $c }' /proc/net/snmp; }
-port_of() { case $1 in gw) echo $P_GW ;; bare) echo $P_BARE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; esac; }
+port_of() { case $1 in gw) echo $P_GW ;; bare) echo $P_BARE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; gwnm) echo $P_GWNM ;; esac; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RES"; } # scenario metric target run value
 calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
 to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } else print v + 0 }'; }
@@ -386,7 +395,7 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$P_BACKEND/health"
 wait_http "http://127.0.0.1:$P_SIO1/health"
 wait_http "http://127.0.0.1:$P_SIO2/health"
-for t in gw bare nginx haproxy gwsio; do start_target $t; done
+for t in gw gwnm bare nginx haproxy gwsio; do start_target $t; done
 TARGETS=(gw bare nginx haproxy direct)
 
 log "warm-up"
@@ -555,7 +564,7 @@ scn_sio() { # target(gwsio|direct) run
 # ---- the runs ----------------------------------------------------------------------------
 for run in $(seq "$RUNS"); do
   log "run $run/$RUNS: HTTP keep-alive"
-  for t in "${TARGETS[@]}"; do scn_http "$t" "$run" ka; done
+  for t in "${TARGETS[@]}" gwnm; do scn_http "$t" "$run" ka; done
   log "run $run/$RUNS: HTTP new connection per request"
   for t in "${TARGETS[@]}"; do scn_http "$t" "$run" close; done
   log "run $run/$RUNS: WebSocket echo"

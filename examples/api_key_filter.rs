@@ -8,74 +8,73 @@
 //!     filters:
 //!       - { name: api_key, config: { keys: { k-123: alice } } }
 //! ```
-//! Run: `cargo run --example api_key_filter -- -c my.yaml` (the same flags as `gateway`).
+//! Run: `cargo run --example api_key_filter -- -c my.yaml` (the same flags as `gateway`;
+//! `-t` checks the `api_key` config too, e.g.
+//! `routes[0].filters[0].config.keys: invalid type: sequence, expected a map`).
 
 use gateway::prelude::*;
+use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Arc;
+
+/// `config:` of an `api_key` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyConfig {
+    /// Accepted keys, each with its owner's name.
+    keys: HashMap<String, String>,
+}
 
 /// Lets through requests whose `X-Api-Key` is one of `keys`; tells the backend who it is.
 struct ApiKey {
     keys: HashMap<String, String>,
 }
 
+/// Per request: the owner of the key that `request` accepted.
+#[derive(Default)]
+struct Owner(Option<String>);
+
 #[async_trait]
 impl Filter for ApiKey {
-    async fn request(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
-        let key = session
+    type Config = ApiKeyConfig;
+    type State = Owner;
+
+    fn new(config: ApiKeyConfig) -> Result<Self, String> {
+        if config.keys.is_empty() {
+            return Err("keys: needs at least one key".into());
+        }
+        Ok(ApiKey { keys: config.keys })
+    }
+
+    async fn request(&self, req: &mut RequestCtx<'_>, owner: &mut Owner) -> Result<Flow> {
+        let key = req
             .req_header()
             .headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok());
-        if key.is_some_and(|k| self.keys.contains_key(k)) {
-            return Ok(false);
+        if let Some(name) = key.and_then(|k| self.keys.get(k)) {
+            owner.0 = Some(name.clone());
+            return Ok(Flow::Continue);
         }
-        let mut resp = ResponseHeader::build(401, Some(2))?;
-        resp.insert_header("WWW-Authenticate", "ApiKey")?;
-        resp.insert_header("Content-Length", "17")?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(
-                Some(bytes::Bytes::from_static(b"invalid API key\r\n")),
-                true,
-            )
-            .await?;
-        Ok(true)
+        let challenge = (header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+        req.respond(401, &[challenge], "invalid API key\r\n").await
     }
 
     async fn upstream_request(
         &self,
-        session: &mut Session,
-        req: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        _req: &mut RequestCtx<'_>,
+        upstream: &mut RequestHeader,
+        owner: &mut Owner,
     ) -> Result<()> {
-        let owner = session
-            .req_header()
-            .headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|k| self.keys.get(k));
-        if let Some(owner) = owner {
-            req.insert_header("X-Api-User", owner.as_str())?;
+        if let Some(name) = &owner.0 {
+            upstream.insert_header("X-Api-User", name.as_str())?;
         }
-        req.remove_header("x-api-key");
+        upstream.remove_header("x-api-key");
         Ok(())
     }
 }
 
 fn main() -> std::process::ExitCode {
-    let mut registry = Registry::new();
-    registry.register("api_key", |config| {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Conf {
-            keys: HashMap<String, String>,
-        }
-        let conf: Conf = serde_yaml::from_value(config.clone()).map_err(|e| e.to_string())?;
-        if conf.keys.is_empty() {
-            return Err("keys: needs at least one key".into());
-        }
-        Ok(Arc::new(ApiKey { keys: conf.keys }) as Arc<dyn Filter>)
-    });
+    let mut registry = Registry::with_builtins();
+    registry.register::<ApiKey>("api_key");
     gateway::run_with(registry)
 }

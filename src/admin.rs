@@ -130,10 +130,15 @@ impl ServeHttp for Admin {
                 body.push(b'\n');
                 reply(200, "application/json", body)
             }
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(&self.rt),
+            ),
             _ => reply(
                 404,
                 "text/plain",
-                b"not found: try /health or /status\n".to_vec(),
+                b"not found: try /health, /status or /metrics\n".to_vec(),
             ),
         }
     }

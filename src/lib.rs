@@ -5,11 +5,50 @@
 //! - [`runtime`]: the compiled config the request path uses (also the `-t` check)
 //! - [`proxy`]: the `ProxyHttp` implementation ([`proxy::router`], [`proxy::headers`])
 //! - [`upstream`]: pools, balancing, active and passive health
-//! - [`filter`]: Rust filter hooks per route ([`filter::Filter`], [`filter::Registry`])
-//! - [`admin`]: `/health` and `/status`
+//! - [`filter`]: Rust filter hooks per route ([`filter::Filter`], [`filter::Registry`]; the
+//!   module docs give the phase order and a complete filter)
+//! - [`admin`]: `/health`, `/status` and `/metrics`
+//! - [`metrics`]: Prometheus metric names and the `/metrics` text
 //! - [`tls`]: listener certificates (SNI), TLS to backends
 //! - [`server`]: assembles the Pingora server and its services
 //! - [`cli`]: the command line
+//!
+//! # A custom gateway
+//!
+//! The stock `gateway` binary is `gateway::run_with(Registry::with_builtins())`. A custom one
+//! registers its own [`filter::Filter`] types next to the built-in ones and keeps the same
+//! command line and config; routes name the filters in `filters: [ { name, config } ]`.
+//! Everything a filter author needs is in [`prelude`]:
+//!
+//! ```rust,no_run
+//! use gateway::prelude::*;
+//!
+//! /// Answers 403 to requests without a `Cookie` header.
+//! struct NeedsCookie;
+//!
+//! #[async_trait]
+//! impl Filter for NeedsCookie {
+//!     type Config = (); // no `config:`
+//!     type State = ();
+//!
+//!     fn new(_: ()) -> Result<Self, String> {
+//!         Ok(NeedsCookie)
+//!     }
+//!
+//!     async fn request(&self, req: &mut RequestCtx<'_>, _: &mut ()) -> Result<Flow> {
+//!         if req.req_header().headers.contains_key(header::COOKIE) {
+//!             return Ok(Flow::Continue);
+//!         }
+//!         req.respond(403, &[], "cookie needed\n").await
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let mut registry = Registry::with_builtins();
+//!     registry.register::<NeedsCookie>("needs_cookie");
+//!     gateway::run_with(registry)
+//! }
+//! ```
 
 pub mod admin;
 pub mod cli;
@@ -17,6 +56,7 @@ pub mod config;
 pub mod filter;
 pub mod listener;
 mod mem_trim;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
@@ -27,16 +67,19 @@ mod util;
 
 pub use config::{Config, ConfigError};
 pub use filter::{Filter, Registry};
-pub use proxy::ctx::Ctx;
 pub use runtime::Runtime;
-/// Pingora types filter authors need.
+
+/// The one import of a filter author: the [`Filter`] API, and the Pingora and `http` types
+/// its methods use.
 pub mod prelude {
-    pub use crate::filter::{Filter, Registry};
-    pub use crate::proxy::ctx::Ctx;
+    pub use crate::filter::{Filter, Flow, Phase, Registry, RequestCtx, RequestId};
+    pub use crate::proxy::respond::respond;
     pub use async_trait::async_trait;
+    pub use bytes::Bytes;
+    pub use http::header::{self, HeaderName, HeaderValue};
+    pub use http::Extensions;
     pub use pingora_core::{Error, ErrorType, Result};
     pub use pingora_http::{RequestHeader, ResponseHeader};
-    pub use pingora_proxy::Session;
 }
 
 use std::process::ExitCode;
@@ -47,8 +90,10 @@ pub fn load(path: &std::path::Path, registry: &Registry) -> Result<Runtime, Conf
     Runtime::compile_with(&cfg, registry)
 }
 
-/// The `main` of a custom gateway binary: the standard command line and config, with the
-/// filters of `registry` available to `routes[].filters`. Never returns while serving.
+/// The `main` of a gateway binary: the standard command line and config, with the filters of
+/// `registry` available to `routes[].filters` (the stock binary passes
+/// [`Registry::with_builtins`]). Never returns while serving. `gateway upgrade` run by this
+/// binary checks the new config with `-t` of the new binary, so it knows the same filters.
 pub fn run_with(registry: Registry) -> ExitCode {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()

@@ -1,5 +1,5 @@
 //! The `gateway` binary: the standard gateway with the built-in filters.
 
 fn main() -> std::process::ExitCode {
-    gateway::run_with(gateway::Registry::new())
+    gateway::run_with(gateway::Registry::with_builtins())
 }

@@ -62,6 +62,8 @@ pub struct Runtime {
     pub max_connections: Option<usize>,
     /// Open client connections, against `max_connections`.
     pub connections: Arc<crate::listener::ConnectionCount>,
+    /// Counters of the request path (Prometheus `/metrics`).
+    pub metrics: crate::metrics::Metrics,
     /// Non-fatal findings (printed by `-t` and at start).
     pub warnings: Vec<Issue>,
 }
@@ -80,12 +82,13 @@ fn parse_listen(addr: &str, at: String, issues: &mut Issues) -> Option<SocketAdd
 }
 
 impl Runtime {
-    /// Validates and compiles `cfg`; on failure returns every problem with its key path.
+    /// Validates and compiles `cfg` with the built-in filters
+    /// ([`Registry::with_builtins`]); on failure returns every problem with its key path.
     pub fn compile(cfg: &Config) -> Result<Runtime, ConfigError> {
-        Runtime::compile_with(cfg, &Registry::new())
+        Runtime::compile_with(cfg, &Registry::with_builtins())
     }
 
-    /// Like [`Runtime::compile`], with custom filters available to the routes.
+    /// Like [`Runtime::compile`], with the filters of `filters` available to the routes.
     pub fn compile_with(cfg: &Config, filters: &Registry) -> Result<Runtime, ConfigError> {
         let mut issues = Issues::default();
         let (server_conf, max_connections) = server_conf(&cfg.server, &mut issues);
@@ -261,6 +264,7 @@ impl Runtime {
             server_conf,
             max_connections,
             connections: crate::listener::ConnectionCount::new(usize::MAX),
+            metrics: crate::metrics::Metrics::new(cfg.routes.len(), cfg.admin.metrics),
             warnings: issues.warnings,
         })
     }

@@ -94,6 +94,43 @@ fn admin_pid(addr: std::net::SocketAddr) -> Option<i32> {
         .ok()
 }
 
+/// What the hand-over needs from the new config: the pid file, the socket the listeners are
+/// handed over on, and the admin listener (to see the new process serve).
+struct HandOver {
+    pid_file: String,
+    upgrade_sock: String,
+    admin: Option<std::net::SocketAddr>,
+}
+
+impl HandOver {
+    /// Reads them from the config file alone (no runtime compiled: no filters, DNS or
+    /// certificates), after the new binary's `-t` accepted it.
+    fn read(path: &Path) -> Result<HandOver, UpgradeError> {
+        let cfg = crate::Config::load(path).map_err(|e| UpgradeError::Check(e.to_string()))?;
+        let mut issues = crate::config::Issues::default();
+        let (server, _) = crate::config::server_conf(&cfg.server, &mut issues);
+        if let Some(e) = issues.errors.first() {
+            return Err(UpgradeError::Check(e.to_string()));
+        }
+        let admin = if cfg.admin.enabled {
+            let a = cfg.admin.address.parse().map_err(|_| {
+                UpgradeError::Check(format!(
+                    "admin.address: invalid socket address \"{}\"",
+                    cfg.admin.address
+                ))
+            })?;
+            Some(a)
+        } else {
+            None
+        };
+        Ok(HandOver {
+            pid_file: server.pid_file,
+            upgrade_sock: server.upgrade_sock,
+            admin,
+        })
+    }
+}
+
 /// Runs an upgrade; returns the new process id.
 pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
     let bin = match &args.bin {
@@ -113,9 +150,9 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
             String::from_utf8_lossy(&check.stderr)
         )));
     }
-    let rt = crate::load(&args.config, &crate::Registry::new())
-        .map_err(|e| UpgradeError::Check(e.to_string()))?;
-    let conf = &rt.server_conf;
+    // The new binary has checked the whole config (its own filters included); only the three
+    // paths the hand-over needs are read here, without compiling the runtime.
+    let conf = HandOver::read(&args.config)?;
     let old = read_pid(&conf.pid_file)
         .filter(|&p| alive(p))
         .ok_or_else(|| UpgradeError::NoOldProcess(format!("no live pid in {}", conf.pid_file)))?;
@@ -178,7 +215,7 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
         )));
     }
     // Serving: the admin listener starts after the proxy, which starts after the health checks.
-    if let Some(admin) = rt.admin {
+    if let Some(admin) = conf.admin {
         if !wait_until(args.timeout, || admin_pid(admin) == Some(new)) {
             return Err(UpgradeError::NotReady(format!(
                 "process {new} does not answer on the admin listener {admin}"

@@ -347,3 +347,89 @@ fn unsafe_kill(pid: i32, sig: &str) {
         .arg(pid.to_string())
         .status();
 }
+
+/// `gateway upgrade` run by a custom binary whose config names one of its own filters: the
+/// upgrade reads only the paths it needs from the config (the new binary's `-t` checks the
+/// rest), so a filter the stock registry does not know is no obstacle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_binary_upgrade_with_a_custom_filter() {
+    let bin = example_bin("api_key_filter");
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} not built: run `cargo build --examples` (scripts/test.sh does)"
+    );
+    let a = Backend::start("a").await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = unique_temp_dir("gw-upgrade-custom");
+    let yaml = format!(
+        r#"
+server:
+  pid_file: {dir}/gw.pid
+  upgrade_sock: {dir}/gw.sock
+  grace_period_seconds: 1
+  graceful_shutdown_timeout_seconds: 1
+listeners: [ {{ address: "127.0.0.1:{port}" }} ]
+admin: {{ address: "127.0.0.1:{admin}" }}
+upstreams:
+  app: {{ servers: [ {{ address: "{a}" }} ] }}
+routes:
+  - upstream: app
+    filters: [ {{ name: api_key, config: {{ keys: {{ k-123: alice }} }} }} ]
+"#,
+        dir = dir.display(),
+        a = a.addr
+    );
+    let cfg_path = dir.join("live.yaml");
+    std::fs::write(&cfg_path, &yaml).unwrap();
+    let mut first =
+        Gateway::try_start_bin(&bin, &yaml, port, admin, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let first_pid = first.pid() as i32;
+    assert_eq!(
+        get(port, "x", "/api/secret").await.status,
+        401,
+        "the custom filter runs"
+    );
+
+    let log = dir.join("upgrade.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let cfg = cfg_path.clone();
+    let bin2 = bin.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&bin2)
+            .args(["upgrade", "-c", cfg.to_str().unwrap(), "--timeout", "20s"])
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    let new_pid = std::fs::read_to_string(dir.join("gw.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let cleanup = |pid: Option<i32>| {
+        if let Some(p) = pid.filter(|&p| p != first_pid) {
+            unsafe_kill(p, "KILL");
+        }
+    };
+    if !status.success() {
+        cleanup(new_pid);
+        panic!(
+            "upgrade of the custom binary failed:\n{out}\n--- first gateway log ---\n{}",
+            first.log()
+        );
+    }
+    let new_pid = new_pid.expect("pid file after the upgrade");
+    assert_ne!(new_pid, first_pid, "a new process serves");
+    let r = get(port, "x", "/api/secret").await;
+    let r2 = get_with(port, "x", "/api/secret", &[("X-Api-Key", "k-123")]).await;
+    cleanup(Some(new_pid));
+    assert_eq!(r.status, 401, "the new process runs the custom filter");
+    assert_eq!(r2.status, 200);
+    assert_eq!(r2.json()["headers"]["x-api-user"], "alice");
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).is_some(),
+        "old process still running"
+    );
+}

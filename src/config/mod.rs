@@ -142,6 +142,9 @@ pub struct AdminConf {
     pub address: String,
     /// Whether the admin listener runs.
     pub enabled: bool,
+    /// Whether the request path keeps the per-route and per-pool counters of `/metrics`
+    /// (a few atomic adds per request; off only to measure that cost).
+    pub metrics: bool,
 }
 
 impl Default for AdminConf {
@@ -149,6 +152,7 @@ impl Default for AdminConf {
         AdminConf {
             address: "127.0.0.1:9901".into(),
             enabled: true,
+            metrics: true,
         }
     }
 }

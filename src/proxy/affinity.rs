@@ -11,8 +11,12 @@ use std::sync::Mutex;
 
 /// Length of a node tag.
 pub const TAG_LEN: usize = 8;
-/// Longest sid we look at; longer ones are treated as untagged and never tagged.
+/// Longest sid we look at, tag included: longer ones are treated as untagged, and a sid that
+/// would be longer once tagged is never tagged (its tag could not be split off again).
 pub const MAX_SID_LEN: usize = 128;
+/// Longest heartbeat (pingInterval + pingTimeout) taken from an open packet: one day. A
+/// larger one is treated as absent (the default session expiry applies).
+pub const MAX_HEARTBEAT_MS: u64 = 86_400_000;
 /// Alphabet of node tags.
 pub const TAG_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
@@ -78,7 +82,8 @@ pub struct Tagged {
     pub body: Vec<u8>,
     /// The engine sid as the backend minted it.
     pub sid: String,
-    /// pingInterval + pingTimeout in ms, when the open packet says.
+    /// pingInterval + pingTimeout in ms, when the open packet says (at most
+    /// [`MAX_HEARTBEAT_MS`]).
     pub heartbeat_ms: Option<u64>,
 }
 
@@ -101,12 +106,13 @@ fn tag_open_packet(packet: &str, tag: &str) -> Option<(String, String, Option<u6
     let start = json.find(KEY)? + KEY.len();
     let len = json[start..].find('"')?;
     let sid = &json[start..start + len];
-    if sid.is_empty() || sid.len() > MAX_SID_LEN || sid.contains(['\\', '.']) {
+    if sid.is_empty() || sid.len() + 1 + tag.len() > MAX_SID_LEN || sid.contains(['\\', '.']) {
         return None;
     }
     let heartbeat = json_number(json, "\"pingInterval\":")
         .zip(json_number(json, "\"pingTimeout\":"))
-        .map(|(a, b)| a + b);
+        .and_then(|(a, b)| a.checked_add(b))
+        .filter(|&h| h <= MAX_HEARTBEAT_MS);
     let mut out = String::with_capacity(packet.len() + 1 + tag.len());
     out.push('0');
     out.push_str(&json[..start + len]);
@@ -369,6 +375,41 @@ mod tests {
         );
         assert!(s.ends_with("}2:40"), "{s}");
         assert_eq!(t.heartbeat_ms, Some(30000));
+    }
+
+    #[test]
+    fn a_tagged_sid_always_splits_back() {
+        // Found by tests/parsers_prop.rs: a 120..=128-byte sid was tagged, and its tagged
+        // form (129..=137 bytes) was then refused by split_tag, so the tag was never stripped.
+        for n in [1, 20, 119, 120, 128] {
+            let sid = "s".repeat(n);
+            let body = format!("0{{\"sid\":\"{sid}\"}}");
+            match tag_handshake(body.as_bytes(), "abcdefgh") {
+                Some(t) => assert_eq!(
+                    split_tag(&format!("{}.abcdefgh", t.sid)),
+                    Some((sid.as_str(), "abcdefgh"))
+                ),
+                None => assert!(n + 1 + TAG_LEN > MAX_SID_LEN, "{n}"),
+            }
+        }
+    }
+
+    #[test]
+    fn huge_heartbeats_do_not_overflow() {
+        // Found by tests/parsers_prop.rs: pingInterval + pingTimeout overflowed (a panic in
+        // debug builds, a wrapped expiry in release).
+        let t = tag_handshake(
+            br#"0{"sid":"a","pingInterval":18446744073709551615,"pingTimeout":1}"#,
+            "abcdefgh",
+        )
+        .unwrap();
+        assert_eq!(t.heartbeat_ms, None);
+        let t = tag_handshake(
+            br#"0{"sid":"a","pingInterval":86400000,"pingTimeout":1}"#,
+            "abcdefgh",
+        )
+        .unwrap();
+        assert_eq!(t.heartbeat_ms, None, "over a day");
     }
 
     #[test]

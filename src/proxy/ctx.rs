@@ -3,64 +3,69 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// State of one request as it moves through the Pingora phases.
+/// State of one request as it moves through the Pingora phases: the gateway's own, not part
+/// of the public API (filters see a [`crate::filter::RequestCtx`]).
 #[derive(Debug)]
 pub struct Ctx {
     /// Index of the matched route.
-    pub route: Option<usize>,
+    pub(crate) route: Option<usize>,
     /// The normalised request path (`normalize`) when it differs from the request's own:
     /// routed by, and sent upstream unless the route sets `raw_path`. `None` for the usual
     /// already-normal path, which costs no allocation.
-    pub norm_path: Option<String>,
+    pub(crate) norm_path: Option<String>,
     /// Index of the pool being proxied to.
-    pub pool: Option<usize>,
+    pub(crate) pool: Option<usize>,
     /// Index of the backend chosen last.
-    pub backend: Option<usize>,
+    pub(crate) backend: Option<usize>,
     /// Backends tried so far (bit per backend index < 64).
-    pub tried: u64,
+    pub(crate) tried: u64,
     /// Backends tried so far.
-    pub attempts: usize,
+    pub(crate) attempts: usize,
     /// The request asks for a protocol upgrade (WebSocket).
-    pub upgrade: bool,
+    pub(crate) upgrade: bool,
     /// The real client address (after trusted-proxy resolution), resolved only for pools
     /// that hash on it.
-    pub client_ip: Option<IpAddr>,
+    pub(crate) client_ip: Option<IpAddr>,
     /// When the request started.
-    pub start: Instant,
+    pub(crate) start: Instant,
     /// When the backend was chosen.
-    pub peer_at: Option<Instant>,
+    pub(crate) peer_at: Option<Instant>,
     /// Time to connect to the backend (or reuse a connection).
-    pub connect_time: Option<Duration>,
+    pub(crate) connect_time: Option<Duration>,
     /// Time from choosing the backend to its response header.
-    pub response_time: Option<Duration>,
-    /// The request id, when the `request_id` filter runs.
-    pub request_id: Option<http::HeaderValue>,
+    pub(crate) response_time: Option<Duration>,
+    /// Typed values shared by the route's filters and the access log
+    /// ([`crate::filter::RequestCtx::extensions`]).
+    pub(crate) extensions: http::Extensions,
+    /// Each filter's own state for this request (one slot per filter of the route, allocated
+    /// only for routes with filters).
+    pub(crate) filter_states: Vec<crate::filter::FilterSlot>,
     /// Backend chosen by affinity (sid tag, sid table or cookie) before balancing.
-    pub pinned: Option<usize>,
+    pub(crate) pinned: Option<usize>,
     /// Pinned by a Socket.IO sid: no other backend knows the session.
-    pub sid_pinned: bool,
+    pub(crate) sid_pinned: bool,
     /// The sid carries our tag, to be stripped before the request goes upstream.
-    pub strip_tag: bool,
+    pub(crate) strip_tag: bool,
     /// Table key of the request's engine sid (to forget it on "Session ID unknown").
-    pub sid_key: Option<u64>,
+    pub(crate) sid_key: Option<u64>,
     /// The request is a Socket.IO polling handshake: tag the sid in the response body.
-    pub sio_handshake: bool,
+    pub(crate) sio_handshake: bool,
     /// The response body is being buffered for sid tagging.
-    pub tag_body: bool,
+    pub(crate) tag_body: bool,
     /// The response is a 400 for a sid: look for "Session ID unknown".
-    pub check_unknown: bool,
+    pub(crate) check_unknown: bool,
     /// Buffered handshake body.
-    pub body_buf: Vec<u8>,
+    pub(crate) body_buf: Vec<u8>,
     /// Backend named by a valid sticky cookie.
-    pub cookie_backend: Option<usize>,
+    pub(crate) cookie_backend: Option<usize>,
     /// The pinned backend was unreachable: answer "Session ID unknown".
-    pub session_lost: bool,
+    pub(crate) session_lost: bool,
     /// The upgraded connection was handed to a detached relay (it logs when it closes).
-    pub detached: bool,
+    pub(crate) detached: bool,
     /// Request body bytes seen so far (against the route's `max_body`).
-    pub body_bytes: u64,
+    pub(crate) body_bytes: u64,
     /// The upgrade's place in its pool's `max_upgraded`, held until the connection closes.
-    pub upgrade_slot: Option<crate::upstream::UpgradeSlot>,
+    pub(crate) upgrade_slot: Option<crate::upstream::UpgradeSlot>,
 }
 
 impl Ctx {
@@ -79,7 +84,8 @@ impl Ctx {
             peer_at: None,
             connect_time: None,
             response_time: None,
-            request_id: None,
+            extensions: http::Extensions::new(),
+            filter_states: Vec::new(),
             pinned: None,
             sid_pinned: false,
             strip_tag: false,
@@ -98,7 +104,7 @@ impl Ctx {
 
     /// The path the request is routed by: the normalised path, or the request's own when
     /// that is already normal.
-    pub fn path<'a>(&'a self, req: &'a pingora_http::RequestHeader) -> &'a str {
+    pub(crate) fn path<'a>(&'a self, req: &'a pingora_http::RequestHeader) -> &'a str {
         self.norm_path.as_deref().unwrap_or_else(|| req.uri.path())
     }
 }

@@ -6,8 +6,10 @@ pub mod ctx;
 pub mod headers;
 pub mod limits;
 pub mod normalize;
+pub mod respond;
 pub mod router;
 
+use crate::filter::Flow;
 use crate::runtime::Runtime;
 use crate::upstream::{now_ms, Affinity, HashKey, Pool};
 use async_trait::async_trait;
@@ -54,31 +56,9 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
-/// Writes a complete response (fixed responses, redirects, 404).
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    headers: &[(header::HeaderName, header::HeaderValue)],
-    body: Bytes,
-    rules: Option<&headers::HeaderRules>,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
-    for (n, v) in headers {
-        resp.append_header(n.clone(), v.clone())?;
-    }
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    if let Some(r) = rules {
-        r.apply(&mut resp);
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), body.is_empty() || head_only)
-        .await?;
-    if !body.is_empty() && !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
-}
+// Complete responses (fixed responses, redirects, 404, 429...), with the route's
+// `response_headers` rules when given: see respond.rs.
+use self::respond::respond_with_rules as respond;
 
 fn text_plain() -> (header::HeaderName, header::HeaderValue) {
     (
@@ -389,6 +369,8 @@ impl ProxyHttp for Gateway {
         }
         if let Some(limit) = &route.rate_limit {
             if let Err(wait) = self.check_rate(limit, session) {
+                let counters = self.rt.metrics.route(Some(idx));
+                counters.rate_limited.fetch_add(1, Relaxed);
                 return self.refuse_rate(session, route, limit, wait).await;
             }
         }
@@ -400,6 +382,8 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
+                let counters = self.rt.metrics.route(Some(idx));
+                counters.body_too_large.fetch_add(1, Relaxed);
                 log::info!(
                     "{}: request body of {} bytes is over max_body {max}: 413",
                     route.name,
@@ -418,10 +402,10 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        for f in &route.filters {
-            if f.request(session, ctx).await? {
-                return Ok(true);
-            }
+        let fwd = &self.rt.forwarded;
+        let flow = route.filters.request(&route.name, fwd, session, ctx);
+        if flow.await? == Flow::Done {
+            return Ok(true);
         }
         match &route.action {
             Action::Proxy { pool } => {
@@ -431,6 +415,7 @@ impl ProxyHttp for Gateway {
                     if let Err(refusal) = apply_affinity(p, aff, session.req_header(), ctx) {
                         let body = match refusal {
                             Refusal::SessionUnknown => {
+                                p.stats.session_unknown.fetch_add(1, Relaxed);
                                 log::info!("upstream {}: sid of {} names a backend that is down: Session ID unknown", p.name, session.req_header().uri);
                                 affinity::SESSION_UNKNOWN
                             }
@@ -648,9 +633,11 @@ impl ProxyHttp for Gateway {
             .forwarded
             .apply(upstream_request, peer_ip(session), tls, local_port);
         route.request_headers.apply(upstream_request);
-        for f in &route.filters {
-            f.upstream_request(session, upstream_request, ctx).await?;
-        }
+        let fwd = &self.rt.forwarded;
+        route
+            .filters
+            .upstream_request(&route.name, fwd, session, upstream_request, ctx)
+            .await?;
         Ok(())
     }
 
@@ -661,6 +648,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.response_time = ctx.peer_at.map(|t| t.elapsed());
+        if let (Some(p), Some(t), true) = (ctx.pool, ctx.response_time, self.rt.metrics.on) {
+            self.rt.pools[p].stats.response_time.observe(t.as_secs_f64());
+        }
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             self.rt.pools[p].report_success(b);
         }
@@ -713,9 +703,11 @@ impl ProxyHttp for Gateway {
         if let Some(r) = ctx.route {
             let route = self.rt.router.get(r);
             route.response_headers.apply(resp);
-            for f in &route.filters {
-                f.response(session, resp, ctx).await?;
-            }
+            let fwd = &self.rt.forwarded;
+            route
+                .filters
+                .response(&route.name, fwd, session, resp, ctx)
+                .await?;
         }
         Ok(())
     }
@@ -732,6 +724,8 @@ impl ProxyHttp for Gateway {
             ctx.body_bytes += b.len() as u64;
             if let Some(max) = self.rt.router.get(r).max_body {
                 if ctx.body_bytes > max && !ctx.detached {
+                    let counters = self.rt.metrics.route(Some(r));
+                    counters.body_too_large.fetch_add(1, Relaxed);
                     log::info!(
                         "{}: request body over max_body {max}: 413",
                         self.rt.router.get(r).name
@@ -782,6 +776,7 @@ impl ProxyHttp for Gateway {
             let tagged = match (self.affinity(ctx), ctx.backend) {
                 (Some((pool, aff)), Some(b)) => {
                     affinity::tag_handshake(&buf, &pool.backends[b].tag).inspect(|t| {
+                        pool.backends[b].stats.sio_handshakes.fetch_add(1, Relaxed);
                         aff.table.insert(
                             &t.sid,
                             b,
@@ -807,6 +802,9 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if ctx.session_lost {
+            if let Some(p) = ctx.pool {
+                self.rt.pools[p].stats.session_unknown.fetch_add(1, Relaxed);
+            }
             // The node that owns this Socket.IO session is unreachable: tell the client, so
             // it reconnects through the gateway to a live node.
             let _ = respond(
@@ -929,14 +927,21 @@ impl ProxyHttp for Gateway {
             _ => None,
         };
         let slot = ctx.upgrade_slot.take();
+        if let (Some(p), Some(b), true) = (ctx.pool, ctx.backend, ctx.sid_pinned) {
+            let stats = &self.rt.pools[p].backends[b].stats;
+            stats.sio_upgrades.fetch_add(1, Relaxed);
+        }
         let line = log::log_enabled!(target: "access", log::Level::Info)
             .then(|| self.access_line(session, ctx));
         let start = ctx.start;
+        let (rt, route) = (self.rt.clone(), ctx.route);
         DetachedTunnel {
             idle_timeout: idle,
             on_close: Some(Box::new(move |stats: &TunnelStats| {
                 drop(in_flight);
                 drop(slot);
+                rt.metrics
+                    .request(route, 101, stats.to_upstream as u64, stats.to_downstream as u64);
                 if let Some((head, route, times)) = line {
                     log::info!(
                         target: "access",
@@ -955,10 +960,21 @@ impl ProxyHttp for Gateway {
         if let (Some(p), Some(b), false) = (ctx.pool, ctx.backend, ctx.detached) {
             self.rt.pools[p].backends[b].in_flight.fetch_sub(1, Relaxed);
         }
+        if let (Some(p), true) = (ctx.pool, ctx.attempts > 1) {
+            let retries = (ctx.attempts - 1) as u64;
+            self.rt.pools[p].stats.retries.fetch_add(retries, Relaxed);
+        }
+        if !ctx.detached {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let sent = session.body_bytes_sent() as u64;
+            self.rt.metrics.request(ctx.route, status, ctx.body_bytes, sent);
+        }
         if let Some(r) = ctx.route {
-            for f in &self.rt.router.get(r).filters {
-                f.logging(session, ctx).await;
-            }
+            let route = self.rt.router.get(r);
+            route
+                .filters
+                .logging(&route.name, &self.rt.forwarded, session, ctx)
+                .await;
         }
         // A detached tunnel logs when it closes.
         if ctx.detached || !log::log_enabled!(target: "access", log::Level::Info) {
@@ -1022,7 +1038,16 @@ impl Gateway {
                 .map_or("-", |r| self.rt.router.get(r).name.as_str()),
             upstream,
         );
-        let times = format!("uct={} urt={}", ms(ctx.connect_time), ms(ctx.response_time));
+        // The request id (`request_id` filter, or another filter's) when there is one.
+        let rid = ctx.extensions.get::<crate::filter::RequestId>();
+        let rid = rid
+            .and_then(|r| r.0.to_str().ok())
+            .map_or_else(String::new, |r| format!(" rid={r}"));
+        let times = format!(
+            "uct={} urt={}{rid}",
+            ms(ctx.connect_time),
+            ms(ctx.response_time)
+        );
         (head, route, times)
     }
 }

@@ -17,12 +17,11 @@
 //! of the number of routes, and a lookup does not allocate.
 
 use crate::config::{Issues, RouteConf};
-use crate::filter::{Filter, Registry};
+use crate::filter::{BuildError, Filters, Registry};
 use crate::proxy::headers::HeaderRules;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// A host pattern.
 #[derive(Debug, Clone)]
@@ -135,7 +134,7 @@ pub struct Route {
     /// Rules for the downstream response.
     pub response_headers: HeaderRules,
     /// Rust filters, in order.
-    pub filters: Vec<Arc<dyn Filter>>,
+    pub filters: Filters,
     /// Served on `redirect_https` listeners too.
     pub allow_http: bool,
     /// Send the client's path upstream rather than the normalised one.
@@ -151,7 +150,7 @@ impl std::fmt::Debug for Route {
         f.debug_struct("Route")
             .field("name", &self.name)
             .field("action", &self.action)
-            .field("filters", &self.filters.len())
+            .field("filters", &self.filters)
             .finish()
     }
 }
@@ -720,16 +719,15 @@ fn compile_route(
             "only applies to routes with an upstream",
         );
     }
-    let mut filters = Vec::new();
-    for (j, f) in rc.filters.iter().enumerate() {
-        match registry.build(&f.name, &f.config) {
-            Ok(f) => filters.push(f),
-            Err(e) if registry.names().contains(&f.name.as_str()) => {
-                issues.error(format!("{at}.filters[{j}].config"), e)
+    let filters = registry.build_all(
+        rc.filters.iter().map(|f| (f.name.as_str(), &f.config)),
+        |j, e| match e {
+            BuildError::UnknownName(e) => issues.error(format!("{at}.filters[{j}].name"), e),
+            BuildError::Config { path, reason } => {
+                issues.error(format!("{at}.filters[{j}].config{path}"), reason)
             }
-            Err(e) => issues.error(format!("{at}.filters[{j}].name"), e),
-        }
-    }
+        },
+    );
     if issues.errors.len() != errors_before {
         return None;
     }
@@ -777,7 +775,7 @@ mod tests {
         let cfg = Config::from_yaml(yaml).unwrap();
         let pools: HashMap<String, usize> = [("a".to_string(), 0), ("b".to_string(), 1)].into();
         let mut issues = Issues::default();
-        let r = Router::compile(&cfg.routes, &pools, &Registry::new(), &mut issues);
+        let r = Router::compile(&cfg.routes, &pools, &Registry::with_builtins(), &mut issues);
         (r, issues)
     }
 

@@ -125,6 +125,7 @@ impl HealthChecker {
                     }
                 }
                 Some(e) => {
+                    b.stats.check_failures.fetch_add(1, Relaxed);
                     *fail_streak += 1;
                     *ok_streak = 0;
                     if b.active_up.load(Relaxed) && *fail_streak >= self.settings.fails {

@@ -79,6 +79,30 @@ pub struct Backend {
     pub requests: AtomicU64,
     /// Connect or proxy errors seen with this backend.
     pub errors: AtomicU64,
+    /// Counters only exported as metrics.
+    pub stats: BackendStats,
+}
+
+/// Counters of a backend exported as metrics.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Failed active health checks.
+    pub check_failures: AtomicU64,
+    /// Socket.IO handshakes tagged with this node.
+    pub sio_handshakes: AtomicU64,
+    /// Socket.IO sessions upgraded to WebSocket on this node.
+    pub sio_upgrades: AtomicU64,
+}
+
+/// Counters of a pool exported as metrics.
+#[derive(Debug)]
+pub struct PoolStats {
+    /// Requests tried again on another backend.
+    pub retries: AtomicU64,
+    /// "Session ID unknown" answers for sids of a down node.
+    pub session_unknown: AtomicU64,
+    /// Time from choosing the backend to its response header.
+    pub response_time: prometheus::Histogram,
 }
 
 impl Backend {
@@ -143,6 +167,8 @@ pub struct Pool {
     /// Upgraded connections open now, against `max_upgraded` (0: no limit).
     upgraded: AtomicUsize,
     max_upgraded: usize,
+    /// Counters only exported as metrics.
+    pub stats: PoolStats,
 }
 
 /// An upgraded connection's place in its pool's `max_upgraded`, given back when dropped.
@@ -466,6 +492,7 @@ impl Pool {
                     in_flight: AtomicUsize::new(0),
                     requests: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
+                    stats: BackendStats::default(),
                 });
             }
         }
@@ -518,6 +545,11 @@ impl Pool {
             rr: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
             max_upgraded: c.max_upgraded,
+            stats: PoolStats {
+                retries: AtomicU64::new(0),
+                session_unknown: AtomicU64::new(0),
+                response_time: crate::metrics::response_time(name),
+            },
         }
     }
 
