@@ -145,9 +145,21 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
     let s = Scrape {
         registry: Registry::new(),
     };
-    let requests = s.counter(REQUESTS, "Requests answered, by route and status class.", &["route", "class"]);
-    let rate_limited = s.counter(RATE_LIMITED, "Requests refused by a route's rate limit.", &["route"]);
-    let too_large = s.counter(BODY_TOO_LARGE, "Request bodies refused by a route's max_body.", &["route"]);
+    let requests = s.counter(
+        REQUESTS,
+        "Requests answered, by route and status class.",
+        &["route", "class"],
+    );
+    let rate_limited = s.counter(
+        RATE_LIMITED,
+        "Requests refused by a route's rate limit.",
+        &["route"],
+    );
+    let too_large = s.counter(
+        BODY_TOO_LARGE,
+        "Request bodies refused by a route's max_body.",
+        &["route"],
+    );
     let routes = rt
         .router
         .routes()
@@ -171,23 +183,54 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
     set(&bytes, &[] as &[&str], rt.metrics.bytes_out.load(Relaxed));
 
     let conns = s.gauge(CONNECTIONS_OPEN, "Client connections open now.", &[]);
-    conns.with_label_values::<&str>(&[]).set(rt.connections.open() as i64);
+    conns
+        .with_label_values::<&str>(&[])
+        .set(rt.connections.open() as i64);
     let max = s.gauge(CONNECTIONS_MAX, "server.max_connections.", &[]);
-    max.with_label_values::<&str>(&[]).set(rt.connections.max().min(i64::MAX as usize) as i64);
-    let refused = s.counter(CONNECTIONS_REFUSED, "Client connections refused by a connection cap.", &[]);
+    max.with_label_values::<&str>(&[])
+        .set(rt.connections.max().min(i64::MAX as usize) as i64);
+    let refused = s.counter(
+        CONNECTIONS_REFUSED,
+        "Client connections refused by a connection cap.",
+        &[],
+    );
     set(&refused, &[] as &[&str], rt.connections.refused());
 
-    let ws = s.gauge(WEBSOCKETS_OPEN, "Upgraded connections open now, by pool.", &["pool"]);
-    let retries = s.counter(RETRIES, "Requests tried again on another backend, by pool.", &["pool"]);
-    let unknown = s.counter(SIO_SESSION_UNKNOWN, "Session ID unknown answers for sids of a down node.", &["pool"]);
+    let ws = s.gauge(
+        WEBSOCKETS_OPEN,
+        "Upgraded connections open now, by pool.",
+        &["pool"],
+    );
+    let retries = s.counter(
+        RETRIES,
+        "Requests tried again on another backend, by pool.",
+        &["pool"],
+    );
+    let unknown = s.counter(
+        SIO_SESSION_UNKNOWN,
+        "Session ID unknown answers for sids of a down node.",
+        &["pool"],
+    );
     let pb = ["pool", "backend"];
     let up = s.gauge(BACKEND_UP, "Whether the backend may receive requests.", &pb);
     let breq = s.counter(BACKEND_REQUESTS, "Requests sent to the backend.", &pb);
-    let berr = s.counter(BACKEND_ERRORS, "Connect or proxy errors with the backend.", &pb);
+    let berr = s.counter(
+        BACKEND_ERRORS,
+        "Connect or proxy errors with the backend.",
+        &pb,
+    );
     let bfl = s.gauge(BACKEND_IN_FLIGHT, "Requests in flight to the backend.", &pb);
     let hcf = s.counter(HEALTH_CHECK_FAILURES, "Failed active health checks.", &pb);
-    let hs = s.counter(SIO_HANDSHAKES, "Socket.IO handshakes tagged with the node.", &pb);
-    let upg = s.counter(SIO_UPGRADES, "Socket.IO sessions upgraded to WebSocket.", &pb);
+    let hs = s.counter(
+        SIO_HANDSHAKES,
+        "Socket.IO handshakes tagged with the node.",
+        &pb,
+    );
+    let upg = s.counter(
+        SIO_UPGRADES,
+        "Socket.IO sessions upgraded to WebSocket.",
+        &pb,
+    );
     for p in &rt.pools {
         let pool = p.name.as_str();
         ws.with_label_values(&[pool]).set(p.upgraded() as i64);
@@ -199,7 +242,8 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
             up.with_label_values(&l).set(b.usable() as i64);
             set(&breq, &l, b.requests.load(Relaxed));
             set(&berr, &l, b.errors.load(Relaxed));
-            bfl.with_label_values(&l).set(b.in_flight.load(Relaxed) as i64);
+            bfl.with_label_values(&l)
+                .set(b.in_flight.load(Relaxed) as i64);
             set(&hcf, &l, b.stats.check_failures.load(Relaxed));
             set(&hs, &l, b.stats.sio_handshakes.load(Relaxed));
             set(&upg, &l, b.stats.sio_upgrades.load(Relaxed));

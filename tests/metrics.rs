@@ -130,8 +130,8 @@ routes:
     let mut ws = ws_connect(gw.port, "localhost", "/app/ws").await;
     assert_eq!(ws_roundtrip(&mut ws, "hi").await, "hi");
     // A node goes down: health says 0, and its sids get "Session ID unknown".
-    let tag = get(gw.admin_port, "localhost", "/status").await.json()["pools"]["pair"]
-        ["backends"][1]["tag"]
+    let tag = get(gw.admin_port, "localhost", "/status").await.json()["pools"]["pair"]["backends"]
+        [1]["tag"]
         .as_str()
         .unwrap()
         .to_string();
@@ -155,14 +155,20 @@ routes:
 
     let m = Scrape::take(gw.admin_port).await;
     let req = |route: &str, class: &str| {
-        m.get("gateway_requests_total", &[("route", route), ("class", class)])
+        m.get(
+            "gateway_requests_total",
+            &[("route", route), ("class", class)],
+        )
     };
     assert_eq!(req("routes[4]", "2xx"), 3.0, "three /app/x");
     assert_eq!(req("routes[0]", "2xx"), 1.0, "/ping");
     assert_eq!(req("-", "4xx"), 1.0, "the 404 had no route");
     assert_eq!(req("routes[1]", "2xx"), 1.0);
     assert_eq!(req("routes[1]", "4xx"), 1.0);
-    assert_eq!(m.get("gateway_rate_limited_total", &[("route", "routes[1]")]), 1.0);
+    assert_eq!(
+        m.get("gateway_rate_limited_total", &[("route", "routes[1]")]),
+        1.0
+    );
     assert_eq!(m.get("gateway_websockets_open", &[("pool", "app")]), 1.0);
     assert!(m.get("gateway_connections_open", &[]) >= 1.0);
     assert!(m.get("gateway_sent_bytes_total", &[]) > 0.0);
@@ -190,7 +196,10 @@ routes:
     assert!(closed);
     let m = Scrape::take(gw.admin_port).await;
     assert_eq!(
-        m.get("gateway_requests_total", &[("route", "routes[4]"), ("class", "1xx")]),
+        m.get(
+            "gateway_requests_total",
+            &[("route", "routes[4]"), ("class", "1xx")]
+        ),
         1.0
     );
 }
@@ -213,8 +222,8 @@ routes: [ {{ upstream: rt }} ]
         b = b.addr
     );
     let gw = Gateway::start(&yaml);
-    let tag = get(gw.admin_port, "localhost", "/status").await.json()["pools"]["rt"]["backends"]
-        [1]["tag"]
+    let tag = get(gw.admin_port, "localhost", "/status").await.json()["pools"]["rt"]["backends"][1]
+        ["tag"]
         .as_str()
         .unwrap()
         .to_string();

@@ -649,7 +649,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.response_time = ctx.peer_at.map(|t| t.elapsed());
         if let (Some(p), Some(t), true) = (ctx.pool, ctx.response_time, self.rt.metrics.on) {
-            self.rt.pools[p].stats.response_time.observe(t.as_secs_f64());
+            self.rt.pools[p]
+                .stats
+                .response_time
+                .observe(t.as_secs_f64());
         }
         if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
             self.rt.pools[p].report_success(b);
@@ -940,8 +943,12 @@ impl ProxyHttp for Gateway {
             on_close: Some(Box::new(move |stats: &TunnelStats| {
                 drop(in_flight);
                 drop(slot);
-                rt.metrics
-                    .request(route, 101, stats.to_upstream as u64, stats.to_downstream as u64);
+                rt.metrics.request(
+                    route,
+                    101,
+                    stats.to_upstream as u64,
+                    stats.to_downstream as u64,
+                );
                 if let Some((head, route, times)) = line {
                     log::info!(
                         target: "access",
@@ -967,7 +974,9 @@ impl ProxyHttp for Gateway {
         if !ctx.detached {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
             let sent = session.body_bytes_sent() as u64;
-            self.rt.metrics.request(ctx.route, status, ctx.body_bytes, sent);
+            self.rt
+                .metrics
+                .request(ctx.route, status, ctx.body_bytes, sent);
         }
         if let Some(r) = ctx.route {
             let route = self.rt.router.get(r);
