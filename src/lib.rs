@@ -4,14 +4,15 @@
 //! - [`config`]: the YAML file as serde structs, with defaults and key-path errors
 //! - [`runtime`]: the compiled config the request path uses (also the `-t` check)
 //! - [`proxy`]: the `ProxyHttp` implementation ([`proxy::router`], [`proxy::headers`])
+//! - [`affinity`]: Socket.IO sid tags, the sid table, the sticky cookie (no `upstream` import)
 //! - [`upstream`]: pools, balancing, active and passive health
 //! - [`filter`]: Rust filter hooks per route ([`filter::Filter`], [`filter::Registry`]; the
 //!   module docs give the phase order and a complete filter)
-//! - [`admin`]: `/health`, `/status` and `/metrics`
+//! - `admin`: `/health`, `/status` and `/metrics`
 //! - [`metrics`]: Prometheus metric names and the `/metrics` text
 //! - [`tls`]: listener certificates (SNI), TLS to backends
-//! - [`server`]: assembles the Pingora server and its services
-//! - [`cli`]: the command line
+//! - `server`: assembles the Pingora server and its services
+//! - `cli`: the command line
 //!
 //! # A custom gateway
 //!
@@ -50,8 +51,9 @@
 //! }
 //! ```
 
-pub mod admin;
-pub mod cli;
+pub(crate) mod admin;
+pub mod affinity;
+pub(crate) mod cli;
 pub mod config;
 pub mod filter;
 pub mod listener;
@@ -59,9 +61,9 @@ mod mem_trim;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;
-pub mod server;
+pub(crate) mod server;
 pub mod tls;
-pub mod upgrade;
+pub(crate) mod upgrade;
 pub mod upstream;
 mod util;
 
@@ -72,7 +74,7 @@ pub use runtime::Runtime;
 /// The one import of a filter author: the [`Filter`] API, and the Pingora and `http` types
 /// its methods use.
 pub mod prelude {
-    pub use crate::filter::{Filter, Flow, Phase, Registry, RequestCtx, RequestId};
+    pub use crate::filter::{Filter, Flow, Phase, Registry, RequestCtx, RequestId, Upstream};
     pub use crate::proxy::respond::respond;
     pub use async_trait::async_trait;
     pub use bytes::Bytes;

@@ -43,6 +43,8 @@ pub struct Runtime {
     pub router: Router,
     /// Pools, indexed by `Action::Proxy { pool }`.
     pub pools: Vec<Arc<Pool>>,
+    /// Pool index by name (for filters that choose the pool).
+    pub pool_index: HashMap<String, usize>,
     /// Forwarded-header policy.
     pub forwarded: Forwarded,
     /// Client-facing listeners.
@@ -211,12 +213,6 @@ impl Runtime {
             issues.warn("routes", "no routes: every request gets 404");
         }
         for (i, rc) in cfg.routes.iter().enumerate() {
-            let carries_socketio = rc
-                .matches
-                .path_prefix
-                .as_deref()
-                .or(rc.matches.path.as_deref())
-                .is_some_and(|p| p.contains("socket.io"));
             let Some(pool) = rc
                 .upstream
                 .as_ref()
@@ -224,6 +220,20 @@ impl Runtime {
                 .map(|&p| &pools[p])
             else {
                 continue;
+            };
+            // Socket.IO goes through this route when the pool has Socket.IO affinity (with
+            // its own path) and the route can match that path, or when the route's path
+            // names socket.io (a pool without affinity still carries its WebSockets).
+            let route_path = rc.matches.path_prefix.as_deref().or(rc.matches.path.as_deref());
+            let sio_path = pool
+                .affinity
+                .as_ref()
+                .and_then(|a| a.socketio_path.as_deref());
+            let carries_socketio = match (route_path, sio_path) {
+                (None, Some(_)) => true,
+                (Some(r), Some(s)) => s.starts_with(r) || r.starts_with(s),
+                (Some(r), None) => r.contains("socket.io"),
+                (None, None) => false,
             };
             if carries_socketio {
                 let t = pool.timeouts;
@@ -255,6 +265,7 @@ impl Runtime {
         Ok(Runtime {
             router,
             pools,
+            pool_index,
             forwarded,
             listeners,
             sole_port,

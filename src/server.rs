@@ -26,7 +26,9 @@ pub struct RunFlags {
 }
 
 /// Builds the server with all its services; call `run_forever` on the result.
-pub fn build(rt: Runtime, flags: RunFlags) -> Server {
+pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
+    // Pingora takes its `ServerConf` by value (it is not `Clone`); nothing reads it after this.
+    let conf = std::mem::take(&mut rt.server_conf);
     let rt = Arc::new(rt);
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -38,7 +40,7 @@ pub fn build(rt: Runtime, flags: RunFlags) -> Server {
     // Not `daemon_wait_for_ready`: in Pingora 0.9.1 the launcher installs its SIGUSR1 handler
     // after forking, and a daemon that bootstraps fast kills it. `gateway upgrade` checks
     // readiness itself (new pid, socket hand-over, admin answer).
-    let mut server = Server::new_with_opt_and_conf(opt, clone_conf(&rt));
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     // Daemonising forks after this point: the socket hand-over (bootstrap) must then run as a
     // service in the daemon, which reports readiness to the launcher when done.
     let bootstrap = if flags.daemon {
@@ -167,10 +169,3 @@ fn limit_connections(rt: &Runtime) {
     log::info!("open-files limit {nofile}, server.max_connections {max}");
 }
 
-/// Pingora's `ServerConf` is not `Clone`; round-trip it through YAML.
-fn clone_conf(rt: &Runtime) -> pingora_core::server::configuration::ServerConf {
-    serde_yaml::to_string(&rt.server_conf)
-        .ok()
-        .and_then(|s| serde_yaml::from_str(&s).ok())
-        .unwrap_or_default()
-}

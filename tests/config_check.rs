@@ -73,6 +73,17 @@ fn socketio_route_with_short_timeouts_warns() {
 }
 
 #[test]
+fn custom_socketio_path_with_short_timeouts_warns_too() {
+    // The route is recognised by the pool's own Socket.IO path, not by the word "socket.io".
+    let (code, out) = check_config(
+        "upstreams:\n  rt: { servers: [ { address: 127.0.0.1:3000 } ], timeouts: { idle: 30s }, affinity: { socketio: { path: /my-custom-path/ } } }\n  web: { servers: [ { address: 127.0.0.1:3001 } ], timeouts: { idle: 30s } }\nroutes:\n  - { match: { path_prefix: /my-custom-path/ }, upstream: rt }\n  - { match: { path_prefix: /static/ }, upstream: web }\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: upstreams.rt.timeouts.idle: 30s is less than"), "{out}");
+    assert!(!out.contains("upstreams.web.timeouts.idle"), "{out}");
+}
+
+#[test]
 fn a_bad_config_does_not_start_the_gateway() {
     let dir = std::env::temp_dir().join(format!("gw-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

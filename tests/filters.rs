@@ -70,7 +70,7 @@ fn unknown_filter_and_bad_filter_config_are_config_errors() {
     let (code, out) = check_config("upstreams: { a: { servers: [ { address: \"127.0.0.1:1\" } ] } }\nroutes: [ { upstream: a, filters: [ { name: nope } ] } ]\n");
     assert_ne!(code, 0);
     assert!(
-        out.contains("routes[0].filters[0].name: unknown filter \"nope\" (registered: request_id)"),
+        out.contains("routes[0].filters[0].name: unknown filter \"nope\" (registered: basic_auth, compress, cors, ip_filter, request_id)"),
         "{out}"
     );
     let (code, out) = check_config("upstreams: { a: { servers: [ { address: \"127.0.0.1:1\" } ] } }\nroutes: [ { upstream: a, filters: [ { name: request_id, config: { header: \"bad header\" } } ] } ]\n");
@@ -164,7 +164,7 @@ fn custom_binary_reports_its_filter_config_errors_with_key_paths() {
     assert!(!ok);
     assert!(
         out.contains(
-            "routes[0].filters[0].name: unknown filter \"nope\" (registered: api_key, request_id)"
+            "routes[0].filters[0].name: unknown filter \"nope\" (registered: api_key, basic_auth, compress, cors, ip_filter, request_id)"
         ),
         "{out}"
     );

@@ -8,8 +8,8 @@
 #[path = "parsers/checks.rs"]
 mod checks;
 
+use gateway::affinity::TAG_ALPHABET;
 use gateway::config::XffMode;
-use gateway::proxy::affinity::TAG_ALPHABET;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -58,39 +58,155 @@ fn tag() -> impl Strategy<Value = String> {
 // Config loader and compiler
 
 const YAML_TOKENS: &[&str] = &[
-    "listeners:", "upstreams:", "routes:", "server:", "admin:", "forwarded:", "\n", "\n  ",
-    "\n    ", "\n      ", "- ", ": ", "{ ", " }", "[", "]", ", ", " ", "address:",
-    "127.0.0.1:8080", "\"127.0.0.1:3000\"", "[::1]:0", "servers:", "weight:", "1000", "-1",
-    "18446744073709551616", "match:", "path_prefix:", "path:", "host:", "\"*.a.com\"", "/api/",
-    "upstream:", "a", "b", "respond:", "status:", "200", "body:", "redirect:", "to:",
-    "rewrite:", "strip_prefix: true", "raw_path: true", "affinity:", "socketio: true",
-    "cookie:", "name:", "secret:", "balance:", "consistent_hash", "least_conn", "hash_key:",
-    "header:X", "cookie:c", "timeouts:", "idle:", "1h", "0s", "99999999999999999999d",
-    "500ms", "health_check:", "http:", "interval:", "fails:", "passive:", "max_fails:",
-    "trusted_proxies:", "10.0.0.0/8", "rfc7239: true", "x_forwarded_for: off", "rate_limit:",
-    "rate:", "per:", "burst:", "key:", "max_body:", "8k", "1g", "threads:", "0",
-    "grace_period_seconds:", "pid_file:", "/tmp/x.pid", "max_connections:", "filters:",
-    "request_id", "request_headers:", "set:", "remove:", "X-A: b", "client:", "&a ", "*a",
-    "<<: *a", "!!binary ", "!!str ", "~", "null", "'", "\"", "# c", "%YAML 1.2\n", "---\n",
-    "...\n", "? ", "| ", "> ", "é", "\t", "\\", "\u{feff}", "enabled: false",
+    "listeners:",
+    "upstreams:",
+    "routes:",
+    "server:",
+    "admin:",
+    "forwarded:",
+    "\n",
+    "\n  ",
+    "\n    ",
+    "\n      ",
+    "- ",
+    ": ",
+    "{ ",
+    " }",
+    "[",
+    "]",
+    ", ",
+    " ",
+    "address:",
+    "127.0.0.1:8080",
+    "\"127.0.0.1:3000\"",
+    "[::1]:0",
+    "servers:",
+    "weight:",
+    "1000",
+    "-1",
+    "18446744073709551616",
+    "match:",
+    "path_prefix:",
+    "path:",
+    "host:",
+    "\"*.a.com\"",
+    "/api/",
+    "upstream:",
+    "a",
+    "b",
+    "respond:",
+    "status:",
+    "200",
+    "body:",
+    "redirect:",
+    "to:",
+    "rewrite:",
+    "strip_prefix: true",
+    "raw_path: true",
+    "affinity:",
+    "socketio: true",
+    "cookie:",
+    "name:",
+    "secret:",
+    "balance:",
+    "consistent_hash",
+    "least_conn",
+    "hash_key:",
+    "header:X",
+    "cookie:c",
+    "timeouts:",
+    "idle:",
+    "1h",
+    "0s",
+    "99999999999999999999d",
+    "500ms",
+    "health_check:",
+    "http:",
+    "interval:",
+    "fails:",
+    "passive:",
+    "max_fails:",
+    "trusted_proxies:",
+    "10.0.0.0/8",
+    "rfc7239: true",
+    "x_forwarded_for: off",
+    "rate_limit:",
+    "rate:",
+    "per:",
+    "burst:",
+    "key:",
+    "max_body:",
+    "8k",
+    "1g",
+    "threads:",
+    "0",
+    "grace_period_seconds:",
+    "pid_file:",
+    "/tmp/x.pid",
+    "max_connections:",
+    "filters:",
+    "request_id",
+    "request_headers:",
+    "set:",
+    "remove:",
+    "X-A: b",
+    "client:",
+    "&a ",
+    "*a",
+    "<<: *a",
+    "!!binary ",
+    "!!str ",
+    "~",
+    "null",
+    "'",
+    "\"",
+    "# c",
+    "%YAML 1.2\n",
+    "---\n",
+    "...\n",
+    "? ",
+    "| ",
+    "> ",
+    "é",
+    "\t",
+    "\\",
+    "\u{feff}",
+    "enabled: false",
 ];
 
 /// A generated config: the shape of the reference config, with valid values mostly and
 /// invalid ones sometimes, so that both `Ok` and every kind of `Err` come out of `compile`.
 fn config_value() -> impl Strategy<Value = Value> {
     const LISTEN: &[&str] = &[
-        "127.0.0.1:8080", "127.0.0.1:8080", "127.0.0.1:8081", "[::1]:8443", "0.0.0.0:0",
-        "nonsense", "127.0.0.1:99999", "",
+        "127.0.0.1:8080",
+        "127.0.0.1:8080",
+        "127.0.0.1:8081",
+        "[::1]:8443",
+        "0.0.0.0:0",
+        "nonsense",
+        "127.0.0.1:99999",
+        "",
     ];
     const SERVERS: &[&str] = &[
-        "127.0.0.1:3000", "127.0.0.1:3001", "127.0.0.1:3002", "[::1]:3000", "127.0.0.1",
-        ":80", "x:y", "10.0.0.1:0", "",
+        "127.0.0.1:3000",
+        "127.0.0.1:3001",
+        "127.0.0.1:3002",
+        "[::1]:3000",
+        "127.0.0.1",
+        ":80",
+        "x:y",
+        "10.0.0.1:0",
+        "",
     ];
     const ROUTE_HOSTS: &[&str] = &[
         "a.com", "*.a.com", "B.A.COM", "[::1]", "*.", "*.*.a", "a b", "", " c.org ", "é.com",
     ];
     const PATHS: &[&str] = &["/", "/api/", "/socket.io/", "/a", "api", "", "/%2e", "/x y"];
-    let listener = (select(LISTEN), any::<bool>(), option::of(select(vec![0u64, 4096, 1 << 30])))
+    let listener = (
+        select(LISTEN),
+        any::<bool>(),
+        option::of(select(vec![0u64, 4096, 1 << 30])),
+    )
         .prop_map(|(a, redirect, rb)| {
             let mut m = Map::new();
             m.insert("address".into(), a.into());
@@ -111,7 +227,12 @@ fn config_value() -> impl Strategy<Value = Value> {
             None => json!({ "address": a }),
         });
     let affinity = (
-        select(vec![json!(true), json!(false), json!({ "path": "/rt/" }), json!({ "path": "rt" })]),
+        select(vec![
+            json!(true),
+            json!(false),
+            json!({ "path": "/rt/" }),
+            json!({ "path": "rt" }),
+        ]),
         option::of((
             select(vec!["gw", "gw_affinity", "a.b-c", "bad name", ""]),
             select(vec!["Lax", "Strict", "None", "lax"]),
@@ -137,8 +258,21 @@ fn config_value() -> impl Strategy<Value = Value> {
         });
     let upstream = (
         vec(server, 0..4),
-        select(vec!["round_robin", "random", "least_conn", "consistent_hash", "fastest"]),
-        select(vec!["client_ip", "header:X-User", "cookie:sid", "query:id", "header:", "x"]),
+        select(vec![
+            "round_robin",
+            "random",
+            "least_conn",
+            "consistent_hash",
+            "fastest",
+        ]),
+        select(vec![
+            "client_ip",
+            "header:X-User",
+            "cookie:sid",
+            "query:id",
+            "header:",
+            "x",
+        ]),
         option::of(affinity),
         option::of(select(vec![
             json!({ "interval": "1s", "fails": 2 }),
@@ -151,22 +285,32 @@ fn config_value() -> impl Strategy<Value = Value> {
             json!({ "idle": "10s", "read": "5s", "connect": "0s" }),
             json!({ "keepalive": "99999999999d" }),
         ])),
-        option::of(select(vec![json!({ "max_fails": 3, "fail_timeout": "30s" }), json!({ "max_fails": 1, "fail_timeout": 0 })])),
+        option::of(select(vec![
+            json!({ "max_fails": 3, "fail_timeout": "30s" }),
+            json!({ "max_fails": 1, "fail_timeout": 0 }),
+        ])),
         select(vec![0u64, 2, 100]),
     )
-        .prop_map(|(servers, balance, hash_key, affinity, hc, timeouts, passive, retries)| {
-            let mut m = Map::new();
-            m.insert("servers".into(), servers.into());
-            m.insert("balance".into(), balance.into());
-            m.insert("hash_key".into(), hash_key.into());
-            m.insert("retries".into(), retries.into());
-            for (k, v) in [("affinity", affinity), ("health_check", hc), ("timeouts", timeouts), ("passive", passive)] {
-                if let Some(v) = v {
-                    m.insert(k.into(), v);
+        .prop_map(
+            |(servers, balance, hash_key, affinity, hc, timeouts, passive, retries)| {
+                let mut m = Map::new();
+                m.insert("servers".into(), servers.into());
+                m.insert("balance".into(), balance.into());
+                m.insert("hash_key".into(), hash_key.into());
+                m.insert("retries".into(), retries.into());
+                for (k, v) in [
+                    ("affinity", affinity),
+                    ("health_check", hc),
+                    ("timeouts", timeouts),
+                    ("passive", passive),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.into(), v);
+                    }
                 }
-            }
-            Value::Object(m)
-        });
+                Value::Object(m)
+            },
+        );
     let action = select(vec![
         json!({ "upstream": "a" }),
         json!({ "upstream": "a" }),
@@ -193,39 +337,55 @@ fn config_value() -> impl Strategy<Value = Value> {
             json!({ "rate": 1000001, "per": "2d", "burst": 0, "key": "cookie:", "status": 200 }),
             json!({ "rate": 5, "per": "1ms", "key": "cookie:s" }),
         ])),
-        option::of(select(vec![json!("1m"), json!(0), json!("5k"), json!("1x"), json!(-1)])),
+        option::of(select(vec![
+            json!("1m"),
+            json!(0),
+            json!("5k"),
+            json!("1x"),
+            json!(-1),
+        ])),
         option::of(select(vec![
             json!({ "set": { "X-A": "b" }, "add": { "X-B": "c" }, "remove": ["X-C"] }),
             json!({ "set": { "bad name": "x" }, "remove": [""] }),
         ])),
-        option::of(select(vec![json!([{ "name": "request_id" }]), json!([{ "name": "nope" }])])),
+        option::of(select(vec![
+            json!([{ "name": "request_id" }]),
+            json!([{ "name": "nope" }]),
+        ])),
     )
-        .prop_map(|(hosts, path, action, strip, rewrite, raw, rate, max_body, headers, filters)| {
-            let mut m = action.as_object().cloned().unwrap_or_default();
-            let mut matches = Map::new();
-            if let Some(h) = hosts {
-                matches.insert("host".into(), h.into());
-            }
-            if let Some((exact, p)) = path {
-                matches.insert(if exact { "path" } else { "path_prefix" }.into(), p.into());
-            }
-            m.insert("match".into(), Value::Object(matches));
-            if strip {
-                m.insert("strip_prefix".into(), true.into());
-            }
-            if let Some(r) = rewrite {
-                m.insert("rewrite".into(), r.into());
-            }
-            if raw {
-                m.insert("raw_path".into(), true.into());
-            }
-            for (k, v) in [("rate_limit", rate), ("max_body", max_body), ("request_headers", headers), ("filters", filters)] {
-                if let Some(v) = v {
-                    m.insert(k.into(), v);
+        .prop_map(
+            |(hosts, path, action, strip, rewrite, raw, rate, max_body, headers, filters)| {
+                let mut m = action.as_object().cloned().unwrap_or_default();
+                let mut matches = Map::new();
+                if let Some(h) = hosts {
+                    matches.insert("host".into(), h.into());
                 }
-            }
-            Value::Object(m)
-        });
+                if let Some((exact, p)) = path {
+                    matches.insert(if exact { "path" } else { "path_prefix" }.into(), p.into());
+                }
+                m.insert("match".into(), Value::Object(matches));
+                if strip {
+                    m.insert("strip_prefix".into(), true.into());
+                }
+                if let Some(r) = rewrite {
+                    m.insert("rewrite".into(), r.into());
+                }
+                if raw {
+                    m.insert("raw_path".into(), true.into());
+                }
+                for (k, v) in [
+                    ("rate_limit", rate),
+                    ("max_body", max_body),
+                    ("request_headers", headers),
+                    ("filters", filters),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.into(), v);
+                    }
+                }
+                Value::Object(m)
+            },
+        );
     let server_section = option::of(select(vec![
         json!({ "threads": 2 }),
         json!({ "threads": 0 }),
@@ -235,13 +395,26 @@ fn config_value() -> impl Strategy<Value = Value> {
         json!({ "unknown_key": 1 }),
     ]));
     let forwarded = option::of((
-        vec(select(vec!["10.0.0.0/8", "::1", "1.2.3.4/33", "garbage", "0.0.0.0/0", "fe80::/10"]), 0..3),
+        vec(
+            select(vec![
+                "10.0.0.0/8",
+                "::1",
+                "1.2.3.4/33",
+                "garbage",
+                "0.0.0.0/0",
+                "fe80::/10",
+            ]),
+            0..3,
+        ),
         select(vec!["append", "replace", "off", "sometimes"]),
         any::<bool>(),
     ));
     (
         vec(listener, 0..3),
-        vec((select(vec!["a", "b", "c", "bad name", "é"]), upstream), 0..3),
+        vec(
+            (select(vec!["a", "b", "c", "bad name", "é"]), upstream),
+            0..3,
+        ),
         vec(route, 0..6),
         server_section,
         forwarded,
@@ -252,7 +425,12 @@ fn config_value() -> impl Strategy<Value = Value> {
             m.insert("listeners".into(), listeners.into());
             m.insert(
                 "upstreams".into(),
-                Value::Object(upstreams.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+                Value::Object(
+                    upstreams
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                ),
             );
             m.insert("routes".into(), routes.into());
             if let Some(s) = server {
@@ -302,13 +480,23 @@ proptest! {
 
 const PATH_PIECES: &[&str] = &[
     "/", "/", "/", ".", "..", "%", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "\\", ";", ";x=1",
-    "%3b", "%00", "%zz", "%4", "%41", "%7e", "%c3%a9", "é", "a", "b", "admin", "~", "-", "_",
-    "?", "#", "%25", "%2", "%%",
+    "%3b", "%00", "%zz", "%4", "%41", "%7e", "%c3%a9", "é", "a", "b", "admin", "~", "-", "_", "?",
+    "#", "%25", "%2", "%%",
 ];
 
 /// The parts of an equivalence test: segments and, between them, separators that all mean
 /// one `/` (duplicate slashes, `.` segments, `x/..` detours, encoded dots).
-const SEPARATORS: &[&str] = &["/", "/", "//", "/./", "/zz/../", "/%2e/", "/zz/%2e%2E/", "///./", "/zz/.%2e/"];
+const SEPARATORS: &[&str] = &[
+    "/",
+    "/",
+    "//",
+    "/./",
+    "/zz/../",
+    "/%2e/",
+    "/zz/%2e%2E/",
+    "///./",
+    "/zz/.%2e/",
+];
 
 fn encode_some(seg: &str, mask: &[bool]) -> String {
     seg.bytes()
@@ -367,12 +555,39 @@ proptest! {
 // Router
 
 const ROUTE_HOSTS: &[&str] = &[
-    "a.com", "b.a.com", "A.Com", "org", "x.org", "*.a.com", "*.com", "*.B.a.com", "*.org",
-    "[::1]", "127.0.0.1", "é.com", " c.org ",
+    "a.com",
+    "b.a.com",
+    "A.Com",
+    "org",
+    "x.org",
+    "*.a.com",
+    "*.com",
+    "*.B.a.com",
+    "*.org",
+    "[::1]",
+    "127.0.0.1",
+    "é.com",
+    " c.org ",
 ];
 const REQUEST_HOSTS: &[&str] = &[
-    "a.com", "b.a.com", "x.b.a.com", "z.a.com", "org", "x.org", "c.org", "com", "[::1]",
-    "127.0.0.1", "é.com", "É.com", "", ".", "a.com.", ".a.com", "a.org.com", "[::1",
+    "a.com",
+    "b.a.com",
+    "x.b.a.com",
+    "z.a.com",
+    "org",
+    "x.org",
+    "c.org",
+    "com",
+    "[::1]",
+    "127.0.0.1",
+    "é.com",
+    "É.com",
+    "",
+    ".",
+    "a.com.",
+    ".a.com",
+    "a.org.com",
+    "[::1",
 ];
 
 fn route_spec() -> impl Strategy<Value = checks::RouteSpec> {
@@ -428,14 +643,50 @@ proptest! {
 // Socket.IO
 
 const QUERY_PIECES: &[&str] = &[
-    "sid=", "sid", "EIO=4", "EIO=3", "transport=polling", "transport=websocket", "&", "&", "=",
-    ".", "abcdefgh", "2345abcd", "ABCDEFGH", "t=Nx1", "kB5Oqd_dgt28MwpTAAAA", "%26", "",
+    "sid=",
+    "sid",
+    "EIO=4",
+    "EIO=3",
+    "transport=polling",
+    "transport=websocket",
+    "&",
+    "&",
+    "=",
+    ".",
+    "abcdefgh",
+    "2345abcd",
+    "ABCDEFGH",
+    "t=Nx1",
+    "kB5Oqd_dgt28MwpTAAAA",
+    "%26",
+    "",
 ];
 
 const BODY_PIECES: &[&str] = &[
-    "0", "0{", "{", "}", "\"sid\":\"", "\"sid\":", "\"", "\\", ".", ",", ":", "\u{1e}", "40",
-    "kB5Oqd_dgt28MwpTAAAA", "\"pingInterval\":", "\"pingTimeout\":", "25000", "20000",
-    "18446744073709551615", "\"upgrades\":[\"websocket\"]", "97:", "2:", "é", "\u{10348}",
+    "0",
+    "0{",
+    "{",
+    "}",
+    "\"sid\":\"",
+    "\"sid\":",
+    "\"",
+    "\\",
+    ".",
+    ",",
+    ":",
+    "\u{1e}",
+    "40",
+    "kB5Oqd_dgt28MwpTAAAA",
+    "\"pingInterval\":",
+    "\"pingTimeout\":",
+    "25000",
+    "20000",
+    "18446744073709551615",
+    "\"upgrades\":[\"websocket\"]",
+    "97:",
+    "2:",
+    "é",
+    "\u{10348}",
 ];
 
 fn json_leaf() -> impl Strategy<Value = Value> {
@@ -523,7 +774,19 @@ proptest! {
 // Sticky cookie
 
 const COOKIE_PIECES: &[&str] = &[
-    "gw", "gw_affinity", "=", "; ", ";", " ", "\t", "abcdefgh", "io=", "gw=", "\"", ",", "é",
+    "gw",
+    "gw_affinity",
+    "=",
+    "; ",
+    ";",
+    " ",
+    "\t",
+    "abcdefgh",
+    "io=",
+    "gw=",
+    "\"",
+    ",",
+    "é",
 ];
 
 proptest! {
@@ -557,26 +820,58 @@ proptest! {
 // X-Forwarded-For and Forwarded
 
 const FORWARDED_PIECES: &[&str] = &[
-    "for=", "For=", "6.6.6.6", "10.9.9.9", "6.6.6.6:80", "[2001:db8::6]", "2001:db8::6",
-    "unknown", "_x", ";proto=http", ";host=", "by=", "\"", "\\", ",", ", ", ";", " ", "=", "[",
-    "]", ":", "\t", ", for=", "\"[", "]\"", "\"6.6.6.6\"", "_", "::ffff:6.6.6.6", "é",
+    "for=",
+    "For=",
+    "6.6.6.6",
+    "10.9.9.9",
+    "6.6.6.6:80",
+    "[2001:db8::6]",
+    "2001:db8::6",
+    "unknown",
+    "_x",
+    ";proto=http",
+    ";host=",
+    "by=",
+    "\"",
+    "\\",
+    ",",
+    ", ",
+    ";",
+    " ",
+    "=",
+    "[",
+    "]",
+    ":",
+    "\t",
+    ", for=",
+    "\"[",
+    "]\"",
+    "\"6.6.6.6\"",
+    "_",
+    "::ffff:6.6.6.6",
+    "é",
 ];
 
 fn untrusted_ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         any::<u32>().prop_map(|v| IpAddr::V4(Ipv4Addr::from(v))),
         any::<u128>().prop_map(|v| IpAddr::V6(Ipv6Addr::from(v))),
-        select(vec![[6u8, 6, 6, 6], [203, 0, 113, 7], [127, 0, 0, 1]]).prop_map(|o| IpAddr::from(o)),
+        select(vec![[6u8, 6, 6, 6], [203, 0, 113, 7], [127, 0, 0, 1]]).prop_map(IpAddr::from),
     ]
-    .prop_filter("untrusted", |ip| !checks::policy(false, XffMode::Append).is_trusted(*ip))
+    .prop_filter("untrusted", |ip| {
+        !checks::policy(false, XffMode::Append).is_trusted(*ip)
+    })
 }
 
 fn trusted_ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         any::<u32>().prop_map(|v| IpAddr::V4(Ipv4Addr::from(v & 0x00ff_ffff | 0x0a00_0000))),
         any::<u16>().prop_map(|v| IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 | u32::from(v)))),
-        any::<u128>().prop_map(|v| IpAddr::V6(Ipv6Addr::from(v & (u128::MAX >> 8) | (0xfd << 120)))),
-        any::<u32>().prop_map(|v| IpAddr::V6(Ipv4Addr::from(v & 0x00ff_ffff | 0x0a00_0000).to_ipv6_mapped())),
+        any::<u128>()
+            .prop_map(|v| IpAddr::V6(Ipv6Addr::from(v & (u128::MAX >> 8) | (0xfd << 120)))),
+        any::<u32>().prop_map(|v| IpAddr::V6(
+            Ipv4Addr::from(v & 0x00ff_ffff | 0x0a00_0000).to_ipv6_mapped()
+        )),
     ]
 }
 

@@ -133,6 +133,12 @@ impl<'a> RequestCtx<'a> {
         Ok(Flow::Done)
     }
 
+    /// The Pingora session, for the built-in filters that drive one of its modules
+    /// (`compress` turns on the response compression module).
+    pub(crate) fn session_mut(&mut self) -> &mut Session {
+        self.session
+    }
+
     /// Whether a response header has been written to the client already.
     pub(crate) fn responded(&self) -> bool {
         self.session.response_written().is_some()

@@ -99,9 +99,12 @@
 //!     }
 //! }
 //!
-//! let mut registry = Registry::with_builtins(); // `request_id`, and:
+//! let mut registry = Registry::with_builtins(); // `request_id`, `basic_auth`, ..., and:
 //! registry.register::<ApiKey>("api_key");
-//! assert_eq!(registry.names(), ["api_key", "request_id"]);
+//! assert_eq!(
+//!     registry.names(),
+//!     ["api_key", "basic_auth", "compress", "cors", "ip_filter", "request_id"]
+//! );
 //!
 //! // The config is checked at load, as by `gateway -t`, each problem with its key path.
 //! let yaml = r#"
@@ -133,11 +136,26 @@
 //! }
 //! ```
 
+mod basic_auth;
+mod compress;
 mod context;
+mod cors;
+mod ip_filter;
 mod registry;
 mod request_id;
 
 pub use context::{Phase, RequestCtx};
+
+/// Put in the [extensions](RequestCtx::extensions_mut) by a filter in
+/// [`Phase::Request`] to send the request to another pool than the route's (by its name in
+/// `upstreams:`), e.g. a pool per tenant. Only on routes with an `upstream`; a name that is
+/// not a pool gets a 502 with a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream(pub String);
+pub use basic_auth::{AuthUser, BasicAuthConfig, BasicAuthFilter};
+pub use compress::{CompressConfig, CompressFilter};
+pub use cors::{CorsConfig, CorsFilter};
+pub use ip_filter::{IpFilter, IpFilterConfig};
 pub use registry::{Filters, Registry};
 pub use request_id::{RequestId, RequestIdConfig, RequestIdFilter};
 

@@ -2,6 +2,7 @@
 //! a route's filters in each phase ([`Filters`]).
 
 use super::context::{Phase, RequestCtx};
+use super::{BasicAuthFilter, CompressFilter, CorsFilter, IpFilter};
 use super::{Filter, Flow, RequestIdFilter};
 use crate::proxy::ctx::Ctx;
 use crate::proxy::headers::Forwarded;
@@ -114,8 +115,9 @@ type Build = Arc<
 /// The filters the config can name (`routes[].filters[].name`), by name.
 ///
 /// [`Registry::new`] is empty; [`Registry::with_builtins`] has the built-in filters
-/// (`request_id`) and is what the stock `gateway` binary runs with. A custom binary starts
-/// from `with_builtins()`, registers its own filters and calls [`crate::run_with`].
+/// (`request_id`, `basic_auth`, `ip_filter`, `cors`, `compress`) and is what the stock
+/// `gateway` binary runs with. A custom binary starts from `with_builtins()`, registers its
+/// own filters and calls [`crate::run_with`].
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: BTreeMap<String, Build>,
@@ -133,10 +135,16 @@ impl Registry {
         Registry::default()
     }
 
-    /// A registry with the built-in filters: `request_id` ([`RequestIdFilter`]).
+    /// A registry with the built-in filters: `request_id` ([`RequestIdFilter`]),
+    /// `basic_auth` ([`BasicAuthFilter`]), `ip_filter` ([`IpFilter`]), `cors`
+    /// ([`CorsFilter`]) and `compress` ([`CompressFilter`]).
     pub fn with_builtins() -> Registry {
         let mut r = Registry::new();
         r.register::<RequestIdFilter>("request_id");
+        r.register::<BasicAuthFilter>("basic_auth");
+        r.register::<IpFilter>("ip_filter");
+        r.register::<CorsFilter>("cors");
+        r.register::<CompressFilter>("compress");
         r
     }
 
@@ -479,12 +487,18 @@ mod tests {
     #[test]
     fn filter_registry_names_and_unknown_filters() {
         assert!(Registry::new().names().is_empty());
-        assert_eq!(Registry::with_builtins().names(), ["request_id"]);
+        assert_eq!(
+            Registry::with_builtins().names(),
+            ["basic_auth", "compress", "cors", "ip_filter", "request_id"]
+        );
         let r = Registry::with_builtins();
         let Err(BuildError::UnknownName(e)) = r.build("nope", &serde_yaml::Value::Null) else {
             panic!("unknown name")
         };
-        assert_eq!(e, "unknown filter \"nope\" (registered: request_id)");
+        assert_eq!(
+            e,
+            "unknown filter \"nope\" (registered: basic_auth, compress, cors, ip_filter, request_id)"
+        );
         let Err(BuildError::Config { path, reason }) = r.build(
             "request_id",
             &serde_yaml::from_str("{ trust_incoming: maybe }").unwrap(),

@@ -81,7 +81,7 @@ impl Filter for RequestIdFilter {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let prefix = crate::upstream::fnv1a(&(seed ^ std::process::id() as u64).to_le_bytes(), 1);
+        let prefix = crate::util::fnv1a(&(seed ^ std::process::id() as u64).to_le_bytes(), 1);
         Ok(RequestIdFilter {
             header,
             trust_incoming: conf.trust_incoming,

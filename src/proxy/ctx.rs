@@ -40,30 +40,23 @@ pub struct Ctx {
     /// Each filter's own state for this request (one slot per filter of the route, allocated
     /// only for routes with filters).
     pub(crate) filter_states: Vec<crate::filter::FilterSlot>,
-    /// Backend chosen by affinity (sid tag, sid table or cookie) before balancing.
-    pub(crate) pinned: Option<usize>,
-    /// Pinned by a Socket.IO sid: no other backend knows the session.
-    pub(crate) sid_pinned: bool,
-    /// The sid carries our tag, to be stripped before the request goes upstream.
-    pub(crate) strip_tag: bool,
-    /// Table key of the request's engine sid (to forget it on "Session ID unknown").
-    pub(crate) sid_key: Option<u64>,
-    /// The request is a Socket.IO polling handshake: tag the sid in the response body.
-    pub(crate) sio_handshake: bool,
+    /// Where affinity sends the request (sid tag, sid table, cookie).
+    pub(crate) pin: crate::affinity::Pin,
     /// The response body is being buffered for sid tagging.
     pub(crate) tag_body: bool,
     /// The response is a 400 for a sid: look for "Session ID unknown".
     pub(crate) check_unknown: bool,
     /// Buffered handshake body.
     pub(crate) body_buf: Vec<u8>,
-    /// Backend named by a valid sticky cookie.
-    pub(crate) cookie_backend: Option<usize>,
     /// The pinned backend was unreachable: answer "Session ID unknown".
     pub(crate) session_lost: bool,
     /// The upgraded connection was handed to a detached relay (it logs when it closes).
     pub(crate) detached: bool,
     /// Request body bytes seen so far (against the route's `max_body`).
     pub(crate) body_bytes: u64,
+    /// The request's place in its backend's in-flight count (held by a detached tunnel
+    /// until the WebSocket closes).
+    pub(crate) in_flight: Option<crate::upstream::InFlight>,
     /// The upgrade's place in its pool's `max_upgraded`, held until the connection closes.
     pub(crate) upgrade_slot: Option<crate::upstream::UpgradeSlot>,
 }
@@ -86,18 +79,14 @@ impl Ctx {
             response_time: None,
             extensions: http::Extensions::new(),
             filter_states: Vec::new(),
-            pinned: None,
-            sid_pinned: false,
-            strip_tag: false,
-            sid_key: None,
-            sio_handshake: false,
+            pin: Default::default(),
             tag_body: false,
             check_unknown: false,
             body_buf: Vec::new(),
-            cookie_backend: None,
             session_lost: false,
             detached: false,
             body_bytes: 0,
+            in_flight: None,
             upgrade_slot: None,
         }
     }

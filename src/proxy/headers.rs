@@ -130,10 +130,7 @@ impl Cidr {
 
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = crate::util::canonical_ip(ip);
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = if self.prefix == 0 {
@@ -609,10 +606,7 @@ fn fmt_u16(mut n: u16, buf: &mut [u8; 5]) -> &str {
 /// Formats an IP address into a stack buffer (IPv4-mapped IPv6 shown as IPv4).
 fn fmt_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
     use std::io::Write;
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
+    let ip = crate::util::canonical_ip(ip);
     let mut cur = std::io::Cursor::new(&mut buf[..]);
     let _ = write!(cur, "{ip}");
     let n = cur.position() as usize;

@@ -1,7 +1,8 @@
 //! The Pingora `ProxyHttp` implementation. Each phase is a few lines that delegate to the
 //! router, the pools, the header rules and the access log.
 
-pub mod affinity;
+/// The affinity module, where it lived before (`gateway::affinity`).
+pub use crate::affinity;
 pub mod ctx;
 pub mod headers;
 pub mod limits;
@@ -11,7 +12,8 @@ pub mod router;
 
 use crate::filter::Flow;
 use crate::runtime::Runtime;
-use crate::upstream::{now_ms, Affinity, HashKey, Pool};
+use crate::affinity::Affinity;
+use crate::upstream::{now_ms, HashKey, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
@@ -88,8 +90,6 @@ async fn refuse_path(session: &mut Session, why: &(dyn std::fmt::Display + Sync)
 
 /// Largest handshake body buffered for sid tagging; bigger ones pass through untouched.
 const MAX_HANDSHAKE_BODY: usize = 64 * 1024;
-/// Table expiry when a handshake does not state its heartbeat (Socket.IO's default 45 s + slack).
-const DEFAULT_SESSION_TTL_MS: u64 = 60_000;
 
 fn json_ct() -> (header::HeaderName, header::HeaderValue) {
     (
@@ -98,70 +98,6 @@ fn json_ct() -> (header::HeaderName, header::HeaderValue) {
     )
 }
 
-/// Why affinity refuses a request.
-enum Refusal {
-    /// The sid names a backend that is down: "Session ID unknown", so the client reconnects.
-    SessionUnknown,
-    /// The query carries several sids: engine.io's "Bad request".
-    SeveralSids,
-}
-
-/// Applies affinity to a request bound for `pool`: pins it to a backend (sid tag, sid table,
-/// sticky cookie) or marks a handshake; or says why the request must be refused.
-fn apply_affinity(
-    pool: &Pool,
-    aff: &Affinity,
-    req: &RequestHeader,
-    ctx: &mut Ctx,
-) -> Result<(), Refusal> {
-    if let Some(sio) = &aff.socketio_path {
-        // The normalised path: the one the route was chosen by.
-        if ctx.path(req).starts_with(sio.as_str()) {
-            let query = req.uri.query();
-            if affinity::has_several_sids(query) {
-                return Err(Refusal::SeveralSids);
-            }
-            if let Some(sid) = affinity::sid_param(query) {
-                let (base, tagged) = match affinity::split_tag(sid) {
-                    Some((base, tag)) => (base, aff.backend_by_tag(tag)),
-                    None => (sid, None),
-                };
-                if tagged.is_none() && base.len() != sid.len() {
-                    log::debug!(
-                        "upstream {}: sid {sid:?} has an unknown tag, routing it as untagged",
-                        pool.name
-                    );
-                }
-                let base = if tagged.is_some() { base } else { sid };
-                ctx.sid_key = Some(affinity::SidTable::key(base));
-                let found = tagged.or_else(|| aff.table.get(base, now_ms()));
-                if let Some(idx) = found {
-                    if !pool.backends[idx].usable() {
-                        aff.table.remove(base);
-                        return Err(Refusal::SessionUnknown);
-                    }
-                    ctx.pinned = Some(idx);
-                    ctx.sid_pinned = true;
-                    ctx.strip_tag = tagged.is_some();
-                }
-            } else if req.method == http::Method::GET && affinity::is_polling_handshake(query) {
-                ctx.sio_handshake = true;
-            }
-        }
-    }
-    if let Some(c) = &aff.cookie {
-        if let Some(idx) = cookie(req, &c.name)
-            .filter(|v| affinity::is_tag(v))
-            .and_then(|v| aff.backend_by_tag(v))
-        {
-            if pool.backends[idx].usable() {
-                ctx.cookie_backend = Some(idx);
-                ctx.pinned.get_or_insert(idx);
-            }
-        }
-    }
-    Ok(())
-}
 
 /// The path-and-query to send upstream when it is not the request's own: the normalised path
 /// (unless the route sets `raw_path`), then `strip_prefix` / `rewrite` on it; the query as sent.
@@ -227,23 +163,12 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 
 /// Value of cookie `name` in the request's Cookie headers.
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k.trim() == name).then(|| v.trim())
-        })
+    crate::util::cookie(req, name)
 }
 
 /// Value of parameter `name` in a query string (not percent-decoded).
 pub fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
+    crate::util::query_value(query, name)
 }
 
 /// Value of query parameter `name` of the request (not percent-decoded).
@@ -302,17 +227,16 @@ impl Gateway {
     }
 
     /// Accounts for sending the request to backend `idx` and returns its peer.
-    fn use_backend(&self, pool: &Pool, idx: usize, ctx: &mut Ctx) -> Box<HttpPeer> {
+    fn use_backend(&self, pool: &Arc<Pool>, idx: usize, ctx: &mut Ctx) -> Box<HttpPeer> {
         if idx < 64 {
             ctx.tried |= 1 << idx;
         }
         ctx.attempts += 1;
         ctx.backend = Some(idx);
-        let b = &pool.backends[idx];
-        b.in_flight.fetch_add(1, Relaxed);
-        b.requests.fetch_add(1, Relaxed);
+        // A retry's guard replaces (and so releases) the previous backend's.
+        ctx.in_flight = Some(pool.begin_request(idx));
         ctx.peer_at = Some(std::time::Instant::now());
-        b.peer(ctx.upgrade)
+        pool.backends[idx].peer(ctx.upgrade)
     }
 
     fn affinity(&self, ctx: &Ctx) -> Option<(&Pool, &Affinity)> {
@@ -409,27 +333,55 @@ impl ProxyHttp for Gateway {
         }
         match &route.action {
             Action::Proxy { pool } => {
-                ctx.pool = Some(*pool);
-                let p = &self.rt.pools[*pool];
+                let pool = match ctx.extensions.get::<crate::filter::Upstream>() {
+                    None => *pool,
+                    Some(u) => match self.rt.pool_index.get(u.0.as_str()) {
+                        Some(&i) => i,
+                        None => {
+                            log::warn!(
+                                "{}: a filter chose unknown pool \"{}\": 502",
+                                route.name,
+                                u.0
+                            );
+                            respond(
+                                session,
+                                502,
+                                &[text_plain()],
+                                Bytes::from_static(b"502 bad gateway\n"),
+                                None,
+                            )
+                            .await?;
+                            return Ok(true);
+                        }
+                    },
+                };
+                ctx.pool = Some(pool);
+                let p = &self.rt.pools[pool];
                 if let Some(aff) = &p.affinity {
-                    if let Err(refusal) = apply_affinity(p, aff, session.req_header(), ctx) {
-                        let body = match refusal {
-                            Refusal::SessionUnknown => {
-                                p.stats.session_unknown.fetch_add(1, Relaxed);
-                                log::info!("upstream {}: sid of {} names a backend that is down: Session ID unknown", p.name, session.req_header().uri);
-                                affinity::SESSION_UNKNOWN
-                            }
-                            Refusal::SeveralSids => {
-                                log::info!(
-                                    "upstream {}: {} carries several sids: refused",
-                                    p.name,
-                                    session.req_header().uri
-                                );
-                                affinity::BAD_REQUEST
-                            }
-                        };
-                        respond(session, 400, &[json_ct()], Bytes::from_static(body), None).await?;
-                        return Ok(true);
+                    let req = session.req_header();
+                    let usable = |i: usize| p.backends[i].usable();
+                    match affinity::pin(aff, req, ctx.path(req), usable, now_ms(), &p.name) {
+                        Ok(pin) => ctx.pin = pin,
+                        Err(refusal) => {
+                            let body = match refusal {
+                                affinity::Refusal::SessionUnknown => {
+                                    p.stats.session_unknown.fetch_add(1, Relaxed);
+                                    log::info!("upstream {}: sid of {} names a backend that is down: Session ID unknown", p.name, req.uri);
+                                    affinity::SESSION_UNKNOWN
+                                }
+                                affinity::Refusal::SeveralSids => {
+                                    log::info!(
+                                        "upstream {}: {} carries several sids: refused",
+                                        p.name,
+                                        req.uri
+                                    );
+                                    affinity::BAD_REQUEST
+                                }
+                            };
+                            respond(session, 400, &[json_ct()], Bytes::from_static(body), None)
+                                .await?;
+                            return Ok(true);
+                        }
                     }
                 }
                 // Only the client_ip hash key needs the resolved client address.
@@ -520,16 +472,13 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no pool selected");
         };
         let pool = &self.rt.pools[pool_idx];
-        if let Some(prev) = ctx.backend.take() {
-            pool.backends[prev].in_flight.fetch_sub(1, Relaxed);
-        }
         // A sid pin holds for retries too: no other node knows the session (if the node is
         // gone, the connect fails and the client gets "Session ID unknown"). A cookie pin is a
         // preference: a retry is balanced.
-        let pinned = if ctx.sid_pinned {
-            ctx.pinned
+        let pinned = if ctx.pin.by_sid {
+            ctx.pin.backend
         } else {
-            ctx.pinned.take()
+            ctx.pin.backend.take()
         };
         if let Some(idx) = pinned {
             return Ok(self.use_backend(pool, idx, ctx));
@@ -618,7 +567,7 @@ impl ProxyHttp for Gateway {
             })?;
             upstream_request.set_uri(uri);
         }
-        if ctx.strip_tag {
+        if ctx.pin.strip_tag {
             if let Some(pq) =
                 affinity::strip_sid_tag(upstream_request.uri.path(), upstream_request.uri.query())
             {
@@ -659,7 +608,7 @@ impl ProxyHttp for Gateway {
         }
         if let (Some((_, aff)), Some(b)) = (self.affinity(ctx), ctx.backend) {
             let status = resp.status.as_u16();
-            if ctx.sio_handshake && status == 200 {
+            if ctx.pin.handshake && status == 200 {
                 if resp.headers.contains_key(header::CONTENT_ENCODING) {
                     log::debug!("Socket.IO handshake response is encoded: sid left untagged");
                 } else {
@@ -673,11 +622,11 @@ impl ProxyHttp for Gateway {
                         .and_then(|c| c.strip_prefix("io="))
                         .and_then(|c| c.split(';').next())
                     {
-                        aff.table.insert(sid, b, DEFAULT_SESSION_TTL_MS, now_ms());
+                        aff.table.insert(sid, b, affinity::DEFAULT_SESSION_TTL_MS, now_ms());
                     }
                 }
             }
-            ctx.check_unknown = status == 400 && ctx.sid_key.is_some();
+            ctx.check_unknown = status == 400 && ctx.pin.sid_key.is_some();
         }
         Ok(())
     }
@@ -697,7 +646,7 @@ impl ProxyHttp for Gateway {
         }
         if let (Some((_, aff)), Some(b)) = (self.affinity(ctx), ctx.backend) {
             if let Some(c) = &aff.cookie {
-                if ctx.cookie_backend != Some(b) {
+                if ctx.pin.cookie_backend != Some(b) {
                     let tls = is_tls(session);
                     resp.append_header(header::SET_COOKIE, c.set_cookie(b, tls).clone())?;
                 }
@@ -752,7 +701,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         if ctx.check_unknown {
             if let (Some(b), Some(key), Some((_, aff))) =
-                (body.as_ref(), ctx.sid_key, self.affinity(ctx))
+                (body.as_ref(), ctx.pin.sid_key, self.affinity(ctx))
             {
                 if affinity::is_session_unknown(b) {
                     aff.table.remove_key(key);
@@ -783,7 +732,7 @@ impl ProxyHttp for Gateway {
                         aff.table.insert(
                             &t.sid,
                             b,
-                            t.heartbeat_ms.map_or(DEFAULT_SESSION_TTL_MS, |h| h + 5_000),
+                            t.heartbeat_ms.map_or(affinity::DEFAULT_SESSION_TTL_MS, |h| h + 5_000),
                             now_ms(),
                         );
                     })
@@ -803,6 +752,9 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    // Adapted from Pingora 0.9.1's default `ProxyHttp::fail_to_proxy` (the status mapping and
+    // `respond_error`), plus the Socket.IO "Session ID unknown" answer and 408 for slow
+    // bodies: compare with it on a Pingora upgrade.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if ctx.session_lost {
             if let Some(p) = ctx.pool {
@@ -864,7 +816,7 @@ impl ProxyHttp for Gateway {
                 return e;
             }
             pool.report_failure(b);
-            if ctx.sid_pinned {
+            if ctx.pin.by_sid {
                 log::warn!(
                     "upstream {} backend {} owning a Socket.IO session is unreachable: {e}",
                     pool.name,
@@ -888,6 +840,8 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    // Adapted from Pingora 0.9.1's default `ProxyHttp::error_while_proxy` (retry decision),
+    // plus the passive-health report: compare with it on a Pingora upgrade.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -921,16 +875,9 @@ impl ProxyHttp for Gateway {
         ctx.detached = true;
         let idle = ctx.pool.map(|p| self.rt.pools[p].timeouts.idle.0);
         // The backend stays busy (least_conn) until the tunnel closes.
-        let in_flight = match (ctx.pool, ctx.backend) {
-            (Some(pool), Some(backend)) => Some(InFlight {
-                rt: self.rt.clone(),
-                pool,
-                backend,
-            }),
-            _ => None,
-        };
+        let in_flight = ctx.in_flight.take();
         let slot = ctx.upgrade_slot.take();
-        if let (Some(p), Some(b), true) = (ctx.pool, ctx.backend, ctx.sid_pinned) {
+        if let (Some(p), Some(b), true) = (ctx.pool, ctx.backend, ctx.pin.by_sid) {
             let stats = &self.rt.pools[p].backends[b].stats;
             stats.sio_upgrades.fetch_add(1, Relaxed);
         }
@@ -964,9 +911,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let (Some(p), Some(b), false) = (ctx.pool, ctx.backend, ctx.detached) {
-            self.rt.pools[p].backends[b].in_flight.fetch_sub(1, Relaxed);
-        }
         if let (Some(p), true) = (ctx.pool, ctx.attempts > 1) {
             let retries = (ctx.attempts - 1) as u64;
             self.rt.pools[p].stats.retries.fetch_add(retries, Relaxed);
@@ -998,21 +942,6 @@ impl ProxyHttp for Gateway {
             if ctx.upgrade { " upgrade" } else { "" },
             e.map_or_else(String::new, |e| format!(" error=\"{}\"", e.etype().as_str())),
         );
-    }
-}
-
-/// Releases a backend's in-flight count when dropped (held by a detached tunnel).
-struct InFlight {
-    rt: Arc<Runtime>,
-    pool: usize,
-    backend: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.rt.pools[self.pool].backends[self.backend]
-            .in_flight
-            .fetch_sub(1, Relaxed);
     }
 }
 

@@ -8,13 +8,11 @@ mod select;
 pub use health::HealthChecker;
 
 use crate::config::{
-    AffinityConf, Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf,
+    Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf,
 };
-use crate::proxy::affinity::SidTable;
-use http::HeaderValue;
+use crate::affinity::Affinity;
 use once_cell::sync::Lazy;
 use pingora_core::upstreams::peer::HttpPeer;
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -171,6 +169,22 @@ pub struct Pool {
     pub stats: PoolStats,
 }
 
+/// A request's (or an open WebSocket's) place in a backend's in-flight count, which
+/// `least_conn` balances on: given back when dropped, on every path (retry, error, tunnel close).
+#[derive(Debug)]
+pub struct InFlight {
+    pool: Arc<Pool>,
+    backend: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pool.backends[self.backend]
+            .in_flight
+            .fetch_sub(1, Relaxed);
+    }
+}
+
 /// An upgraded connection's place in its pool's `max_upgraded`, given back when dropped.
 #[derive(Debug)]
 pub struct UpgradeSlot(Arc<Pool>);
@@ -178,52 +192,6 @@ pub struct UpgradeSlot(Arc<Pool>);
 impl Drop for UpgradeSlot {
     fn drop(&mut self) {
         self.0.upgraded.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Session affinity of a pool.
-pub struct Affinity {
-    /// Requests under this path are Socket.IO (sid tags, handshake tagging).
-    pub socketio_path: Option<String>,
-    /// Sticky cookie.
-    pub cookie: Option<StickyCookie>,
-    /// sid -> backend for sids without a tag.
-    pub table: SidTable,
-    tags: HashMap<String, usize>,
-}
-
-impl std::fmt::Debug for Affinity {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.debug_struct("Affinity")
-            .field("socketio_path", &self.socketio_path)
-            .field("cookie", &self.cookie.as_ref().map(|c| &c.name))
-            .finish()
-    }
-}
-
-impl Affinity {
-    /// The backend whose tag is `tag`.
-    pub fn backend_by_tag(&self, tag: &str) -> Option<usize> {
-        self.tags.get(tag).copied()
-    }
-}
-
-/// A sticky cookie, with its `Set-Cookie` values built per backend at load.
-pub struct StickyCookie {
-    /// Cookie name.
-    pub name: String,
-    plain: Vec<HeaderValue>,
-    secure: Vec<HeaderValue>,
-}
-
-impl StickyCookie {
-    /// The `Set-Cookie` value naming backend `idx` (`Secure` under TLS).
-    pub fn set_cookie(&self, idx: usize, tls: bool) -> &HeaderValue {
-        if tls {
-            &self.secure[idx]
-        } else {
-            &self.plain[idx]
-        }
     }
 }
 
@@ -261,113 +229,6 @@ pub struct HealthCheckSettings {
     pub fails: u32,
     /// Consecutive successes to mark up.
     pub passes: u32,
-}
-
-/// FNV-1a, used for tags and hashing; stable across processes and versions.
-pub fn fnv1a(data: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in data {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // splitmix64 finaliser for better bit spread
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
-/// The stable, opaque 8-character tag of a backend: a hash of pool name, address and the
-/// optional affinity secret, so every gateway process computes the same tags.
-fn make_tag(pool: &str, addr: &SocketAddr, secret: &str) -> String {
-    use crate::proxy::affinity::{TAG_ALPHABET, TAG_LEN};
-    let h = fnv1a(format!("{secret}|{pool}|{addr}").as_bytes(), 0);
-    (0..TAG_LEN)
-        .map(|i| TAG_ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
-        .collect()
-}
-
-fn compile_affinity(
-    c: &AffinityConf,
-    backends: &[Backend],
-    at: &str,
-    issues: &mut Issues,
-) -> Option<Affinity> {
-    let socketio_path = c.socketio.path();
-    if let Some(p) = &socketio_path {
-        if !p.starts_with('/') {
-            issues.error(
-                format!("{at}.socketio.path"),
-                format!("must start with '/', got \"{p}\""),
-            );
-        }
-    }
-    if c.max_sessions == 0 {
-        issues.error(format!("{at}.max_sessions"), "must be at least 1");
-    }
-    let cookie = c.cookie.as_ref().map(|k| {
-        if k.name.is_empty()
-            || !k
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            issues.error(
-                format!("{at}.cookie.name"),
-                format!("invalid cookie name \"{}\"", k.name),
-            );
-        }
-        if !["Lax", "Strict", "None"].contains(&k.same_site.as_str()) {
-            issues.error(
-                format!("{at}.cookie.same_site"),
-                format!("must be Lax, Strict or None, got \"{}\"", k.same_site),
-            );
-        }
-        if !k.path.starts_with('/') || k.path.contains([';', ' ']) {
-            issues.error(
-                format!("{at}.cookie.path"),
-                format!("invalid cookie path \"{}\"", k.path),
-            );
-        }
-        let value = |b: &Backend, secure: bool| {
-            let mut v = format!("{}={}; Path={}", k.name, b.tag, k.path);
-            if let Some(ttl) = k.ttl {
-                v.push_str(&format!("; Max-Age={}", ttl.0.as_secs()));
-            }
-            if k.http_only {
-                v.push_str("; HttpOnly");
-            }
-            v.push_str(&format!("; SameSite={}", k.same_site));
-            if secure || k.same_site == "None" {
-                v.push_str("; Secure");
-            }
-            HeaderValue::try_from(v).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-        };
-        StickyCookie {
-            name: k.name.clone(),
-            plain: backends.iter().map(|b| value(b, false)).collect(),
-            secure: backends.iter().map(|b| value(b, true)).collect(),
-        }
-    });
-    if socketio_path.is_none() && cookie.is_none() {
-        return None;
-    }
-    let mut tags = HashMap::new();
-    for (i, b) in backends.iter().enumerate() {
-        if tags.insert(b.tag.clone(), i).is_some() {
-            issues.error(
-                format!("{at}.secret"),
-                "two backends got the same tag: change the secret",
-            );
-        }
-    }
-    Some(Affinity {
-        socketio_path,
-        cookie,
-        table: SidTable::new(c.max_sessions.max(1)),
-        tags,
-    })
 }
 
 fn parse_hash_key(s: &str) -> Result<HashKey, String> {
@@ -470,7 +331,7 @@ impl Pool {
                     addr,
                     configured: s.address.clone(),
                     weight: s.weight.clamp(1, 1000),
-                    tag: make_tag(name, &addr, secret),
+                    tag: crate::affinity::make_tag(name, &addr, secret),
                     peer_http: base_peer(
                         addr,
                         &s.address,
@@ -527,7 +388,10 @@ impl Pool {
         let affinity = c
             .affinity
             .as_ref()
-            .and_then(|a| compile_affinity(a, &backends, &format!("{at}.affinity"), issues));
+            .and_then(|a| {
+                let tags: Vec<&str> = backends.iter().map(|b| b.tag.as_str()).collect();
+                crate::affinity::compile(a, &tags, &format!("{at}.affinity"), issues)
+            });
         let wheel = select::smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
         Pool {
             name: name.to_string(),
@@ -559,6 +423,17 @@ impl Pool {
         let open = self.upgraded.fetch_add(1, Relaxed);
         let slot = UpgradeSlot(self.clone());
         (self.max_upgraded == 0 || open < self.max_upgraded).then_some(slot)
+    }
+
+    /// Counts a request sent to backend `idx` (requests, in flight until the guard drops).
+    pub fn begin_request(self: &Arc<Self>, idx: usize) -> InFlight {
+        let b = &self.backends[idx];
+        b.in_flight.fetch_add(1, Relaxed);
+        b.requests.fetch_add(1, Relaxed);
+        InFlight {
+            pool: self.clone(),
+            backend: idx,
+        }
     }
 
     /// Upgraded connections (WebSockets) open to this pool now.

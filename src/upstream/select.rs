@@ -1,7 +1,8 @@
 //! Balancing algorithms over a pool's backends: weighted round robin (a precomputed smooth
 //! wheel), weighted random, least connections per weight, and weighted rendezvous hashing.
 
-use super::{fnv1a, Backend};
+use super::Backend;
+use crate::util::fnv1a;
 use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 

@@ -8,9 +8,9 @@
 
 #![allow(dead_code)]
 
+use gateway::affinity;
 use gateway::config::{Config, ForwardedConf, Issues, OneOrMany, RouteConf, XffMode};
 use gateway::filter::Registry;
-use gateway::proxy::affinity;
 use gateway::proxy::headers::Forwarded;
 use gateway::proxy::normalize::normalize;
 use gateway::proxy::router::Router;
@@ -514,10 +514,11 @@ pub fn cookie_lines(lines: &[Vec<u8>], name: &str) {
     }
 }
 
-/// The sticky cookie round trip: a pool of `backends` with `affinity.cookie`; the
-/// `Set-Cookie` naming backend `idx` carries the configured attributes, and sent back among
-/// `others` it is found (`proxy::cookie`), is a tag (`affinity::is_tag`) and names `idx`
-/// again (`Affinity::backend_by_tag`). A cookie naming no backend's tag names none.
+/// The sticky cookie round trip: a pool of `backends` with `affinity.cookie` (and Socket.IO);
+/// the `Set-Cookie` naming backend `idx` carries the configured attributes, and sent back
+/// among `others` it is found (`proxy::cookie`), is a tag (`affinity::is_tag`) and names `idx`
+/// again (`Affinity::backend_by_tag`, `affinity::pin`). A cookie naming no backend's tag
+/// names none. The same tag in a Socket.IO sid pins the request to `idx` too.
 #[allow(clippy::too_many_arguments)]
 pub fn sticky_cookie(
     backends: usize,
@@ -537,7 +538,7 @@ pub fn sticky_cookie(
     let yaml = format!(
         "listeners: [ {{ address: \"127.0.0.1:8080\" }} ]\n\
          upstreams:\n  p:\n    servers: [ {} ]\n    \
-         affinity: {{ cookie: {{ name: {name:?}, same_site: {same_site:?} }}{secret} }}\n\
+         affinity: {{ socketio: true, cookie: {{ name: {name:?}, same_site: {same_site:?} }}{secret} }}\n\
          routes: [ {{ upstream: p }} ]\n",
         servers.join(", ")
     );
@@ -571,7 +572,9 @@ pub fn sticky_cookie(
             k.trim() != name
                 && !k.contains(['=', ';'])
                 && !v.contains(';')
-                && k.bytes().chain(v.bytes()).all(|b| (0x20..0x7f).contains(&b))
+                && k.bytes()
+                    .chain(v.bytes())
+                    .all(|b| (0x20..0x7f).contains(&b))
         })
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
@@ -581,10 +584,32 @@ pub fn sticky_cookie(
     let value = gateway::proxy::cookie(&req, name).expect("the cookie");
     assert!(affinity::is_tag(value), "{value:?}");
     assert_eq!(aff.backend_by_tag(value), Some(idx));
+    let pin = affinity::pin(aff, &req, "/", |_| true, 0, "p").expect("no refusal");
+    assert_eq!((pin.cookie_backend, pin.backend), (Some(idx), Some(idx)));
+    let pin = affinity::pin(aff, &req, "/", |_| false, 0, "p").expect("no refusal");
+    assert_eq!(
+        (pin.cookie_backend, pin.backend),
+        (None, None),
+        "a dead node's cookie"
+    );
     let tags: Vec<&str> = pool.backends.iter().map(|b| b.tag.as_str()).collect();
     if !tags.contains(&foreign) {
         assert_eq!(aff.backend_by_tag(foreign), None);
     }
+    // The node's tag in a Socket.IO sid: pinned to `idx`, the tag to be stripped; refused
+    // when the node is down or the query names two sids.
+    let tag = &pool.backends[idx].tag;
+    let uri = format!("/socket.io/?EIO=4&transport=polling&sid=kB5Oqd_dgt28MwpTAAAA.{tag}");
+    let req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+    let pin = affinity::pin(aff, &req, "/socket.io/", |_| true, 0, "p").expect("pinned");
+    assert_eq!(
+        (pin.backend, pin.by_sid, pin.strip_tag),
+        (Some(idx), true, true)
+    );
+    assert!(affinity::pin(aff, &req, "/socket.io/", |_| false, 0, "p").is_err());
+    let two = format!("{uri}&sid=x");
+    let req = RequestHeader::build("GET", two.as_bytes(), None).unwrap();
+    assert!(affinity::pin(aff, &req, "/socket.io/", |_| true, 0, "p").is_err());
 }
 
 // ---------------------------------------------------------------------------------------
