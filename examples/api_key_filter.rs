@@ -1,5 +1,6 @@
 //! A custom gateway binary with one extra Rust filter, `api_key`: requests without a valid
 //! `X-Api-Key` get 401 before any backend is chosen, and the backend learns the key's owner.
+//! With `rate_limit: { rate: 10, key: filter }` on the route, each owner has their own limit.
 //!
 //! ```yaml
 //! routes:
@@ -53,6 +54,8 @@ impl Filter for ApiKey {
             .and_then(|v| v.to_str().ok());
         if let Some(name) = key.and_then(|k| self.keys.get(k)) {
             owner.0 = Some(name.clone());
+            // A route's `rate_limit: { ..., key: filter }` then counts per key owner.
+            req.extensions_mut().insert(RateLimitKey(name.clone()));
             return Ok(Flow::Continue);
         }
         let challenge = (header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));

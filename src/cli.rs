@@ -1,6 +1,8 @@
 //! Command line: `gateway [-c FILE] [-t] [-u] [-d]`.
 
+use crate::upgrade::UpgradeArgs;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default config path, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "conf/gateway.yaml";
@@ -41,7 +43,7 @@ pub enum Command {
     /// Print the version.
     Version,
     /// Upgrade the running gateway (`gateway upgrade ...`).
-    Upgrade(crate::upgrade::UpgradeArgs),
+    Upgrade(UpgradeArgs),
 }
 
 /// Parses arguments (without the program name).
@@ -54,7 +56,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     };
     let args: Vec<String> = args.into_iter().collect();
     if args.first().map(String::as_str) == Some("upgrade") {
-        return crate::upgrade::parse(&args[1..]).map(Command::Upgrade);
+        return parse_upgrade(&args[1..]).map(Command::Upgrade);
     }
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -71,6 +73,28 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         }
     }
     Ok(Command::Run(cli))
+}
+
+/// Parses `upgrade` arguments (after the word `upgrade`).
+fn parse_upgrade(args: &[String]) -> Result<UpgradeArgs, String> {
+    let mut a = UpgradeArgs {
+        config: PathBuf::from(DEFAULT_CONFIG),
+        bin: None,
+        timeout: Duration::from_secs(30),
+    };
+    let mut it = args.iter();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "-c" | "--conf" => a.config = it.next().ok_or("-c needs a file")?.into(),
+            "--bin" => a.bin = Some(it.next().ok_or("--bin needs a path")?.into()),
+            "--timeout" => {
+                a.timeout =
+                    crate::config::parse_duration(it.next().ok_or("--timeout needs a duration")?)?
+            }
+            s => return Err(format!("unknown upgrade argument \"{s}\"")),
+        }
+    }
+    Ok(a)
 }
 
 #[cfg(test)]

@@ -74,7 +74,9 @@ pub use runtime::Runtime;
 /// The one import of a filter author: the [`Filter`] API, and the Pingora and `http` types
 /// its methods use.
 pub mod prelude {
-    pub use crate::filter::{Filter, Flow, Phase, Registry, RequestCtx, RequestId, Upstream};
+    pub use crate::filter::{
+        Filter, Flow, Phase, RateLimitKey, Registry, RequestCtx, RequestId, Upstream,
+    };
     pub use crate::proxy::respond::respond;
     pub use async_trait::async_trait;
     pub use bytes::Bytes;
@@ -141,7 +143,9 @@ fn run_cli_with(cli: cli::Cli, registry: &Registry) -> ExitCode {
         println!("gateway: configuration {shown} is valid");
         return ExitCode::SUCCESS;
     }
-    upgrade::write_pid_file(&cli, &rt.server_conf.pid_file);
+    if !cli.daemon {
+        upgrade::write_pid_file(&rt.server_conf.pid_file);
+    }
     log::info!(
         "gateway {} starting with {shown}: {} listener(s), {} pool(s), {} route(s)",
         env!("CARGO_PKG_VERSION"),

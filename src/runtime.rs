@@ -224,7 +224,11 @@ impl Runtime {
             // Socket.IO goes through this route when the pool has Socket.IO affinity (with
             // its own path) and the route can match that path, or when the route's path
             // names socket.io (a pool without affinity still carries its WebSockets).
-            let route_path = rc.matches.path_prefix.as_deref().or(rc.matches.path.as_deref());
+            let route_path = rc
+                .matches
+                .path_prefix
+                .as_deref()
+                .or(rc.matches.path.as_deref());
             let sio_path = pool
                 .affinity
                 .as_ref()

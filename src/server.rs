@@ -168,4 +168,3 @@ fn limit_connections(rt: &Runtime) {
     rt.connections.set_max(max);
     log::info!("open-files limit {nofile}, server.max_connections {max}");
 }
-

@@ -4,7 +4,6 @@
 //! keeps serving in-flight work for the grace period, then exits), and waits until the new
 //! process serves. A failure before the hand-over leaves the old process untouched.
 
-use crate::cli::Cli;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -229,28 +228,6 @@ pub fn upgrade(args: &UpgradeArgs) -> Result<i32, UpgradeError> {
     Ok(new)
 }
 
-/// Parses `upgrade` arguments (after the word `upgrade`).
-pub fn parse(args: &[String]) -> Result<UpgradeArgs, String> {
-    let mut a = UpgradeArgs {
-        config: PathBuf::from(crate::cli::DEFAULT_CONFIG),
-        bin: None,
-        timeout: Duration::from_secs(30),
-    };
-    let mut it = args.iter();
-    while let Some(x) = it.next() {
-        match x.as_str() {
-            "-c" | "--conf" => a.config = it.next().ok_or("-c needs a file")?.into(),
-            "--bin" => a.bin = Some(it.next().ok_or("--bin needs a path")?.into()),
-            "--timeout" => {
-                a.timeout =
-                    crate::config::parse_duration(it.next().ok_or("--timeout needs a duration")?)?
-            }
-            s => return Err(format!("unknown upgrade argument \"{s}\"")),
-        }
-    }
-    Ok(a)
-}
-
 /// Runs `gateway upgrade ...` and reports on stderr.
 pub fn run(args: &UpgradeArgs) -> ExitCode {
     match upgrade(args) {
@@ -266,10 +243,8 @@ pub fn run(args: &UpgradeArgs) -> ExitCode {
 }
 
 /// Writes the pid file of a foreground process (Pingora writes it only when daemonised).
-pub fn write_pid_file(cli: &Cli, pid_file: &str) {
-    if !cli.daemon && !cli.test {
-        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
-            log::warn!("cannot write pid file {pid_file}: {e}");
-        }
+pub fn write_pid_file(pid_file: &str) {
+    if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write pid file {pid_file}: {e}");
     }
 }

@@ -79,7 +79,10 @@ fn custom_socketio_path_with_short_timeouts_warns_too() {
         "upstreams:\n  rt: { servers: [ { address: 127.0.0.1:3000 } ], timeouts: { idle: 30s }, affinity: { socketio: { path: /my-custom-path/ } } }\n  web: { servers: [ { address: 127.0.0.1:3001 } ], timeouts: { idle: 30s } }\nroutes:\n  - { match: { path_prefix: /my-custom-path/ }, upstream: rt }\n  - { match: { path_prefix: /static/ }, upstream: web }\n",
     );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("warning: upstreams.rt.timeouts.idle: 30s is less than"), "{out}");
+    assert!(
+        out.contains("warning: upstreams.rt.timeouts.idle: 30s is less than"),
+        "{out}"
+    );
     assert!(!out.contains("upstreams.web.timeouts.idle"), "{out}");
 }
 

@@ -223,3 +223,36 @@ async fn custom_binary_with_api_key_filter() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_keyed_by_a_filter_counts_per_key_owner() {
+    let bin = example_bin("api_key_filter");
+    let b = Backend::start("a").await;
+    let yaml = format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+upstreams: {{ a: {{ servers: [ {{ address: "{addr}" }} ] }} }}
+routes:
+  - upstream: a
+    rate_limit: {{ rate: 1, per: 10s, burst: 2, key: filter }}
+    filters: [ {{ name: api_key, config: {{ keys: {{ k-1: alice, k-2: bob }} }} }} ]
+"#,
+        addr = b.addr
+    );
+    let gw = Gateway::start_bin(&bin, &yaml);
+    let as_key = |k: &'static str| async move {
+        get_with(gw.port, "x", "/api/x", &[("X-Api-Key", k)])
+            .await
+            .status
+    };
+    // Same address, two owners: each has a burst of 2 of its own.
+    assert_eq!(as_key("k-1").await, 200);
+    assert_eq!(as_key("k-1").await, 200);
+    assert_eq!(as_key("k-1").await, 429);
+    assert_eq!(as_key("k-2").await, 200);
+    assert_eq!(as_key("k-2").await, 200);
+    assert_eq!(as_key("k-2").await, 429);
+    // Refused by the filter (401) before the limit counts: not a 429.
+    assert_eq!(get(gw.port, "x", "/api/x").await.status, 401);
+}

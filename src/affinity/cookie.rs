@@ -14,7 +14,12 @@ pub struct StickyCookie {
 
 impl StickyCookie {
     /// Checks `k` and builds the cookie values of the backends tagged `tags`.
-    pub(crate) fn compile(k: &CookieConf, tags: &[&str], at: &str, issues: &mut Issues) -> StickyCookie {
+    pub(crate) fn compile(
+        k: &CookieConf,
+        tags: &[&str],
+        at: &str,
+        issues: &mut Issues,
+    ) -> StickyCookie {
         if k.name.is_empty()
             || !k
                 .name

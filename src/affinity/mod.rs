@@ -148,7 +148,9 @@ pub fn pin(
                     None => (sid, None),
                 };
                 if tagged.is_none() && base.len() != sid.len() {
-                    log::debug!("upstream {pool}: sid {sid:?} has an unknown tag, routing it as untagged");
+                    log::debug!(
+                        "upstream {pool}: sid {sid:?} has an unknown tag, routing it as untagged"
+                    );
                 }
                 let base = if tagged.is_some() { base } else { sid };
                 pin.sid_key = Some(SidTable::key(base));

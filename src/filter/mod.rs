@@ -152,6 +152,12 @@ pub use context::{Phase, RequestCtx};
 /// not a pool gets a 502 with a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream(pub String);
+
+/// Put in the [extensions](RequestCtx::extensions_mut) by a filter in [`Phase::Request`] to
+/// key the route's `rate_limit` (with `key: filter`) by a value the filter knows, such as an
+/// authenticated user or an API key's owner, instead of the client address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitKey(pub String);
 pub use basic_auth::{AuthUser, BasicAuthConfig, BasicAuthFilter};
 pub use compress::{CompressConfig, CompressFilter};
 pub use cors::{CorsConfig, CorsFilter};

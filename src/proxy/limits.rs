@@ -20,6 +20,10 @@ pub enum LimitKey {
     Header(HeaderName),
     /// A cookie; the client address when absent.
     Cookie(String),
+    /// The [`RateLimitKey`](crate::filter::RateLimitKey) a route filter put in the
+    /// extensions (e.g. an authenticated user or tenant); the client address when absent.
+    /// Counted after the route's filters ran.
+    Filter,
 }
 
 /// A compiled `rate_limit` of one route.
@@ -51,6 +55,7 @@ impl RateLimit {
     pub fn compile(c: &RateLimitConf, at: &str, issues: &mut Issues) -> Option<RateLimit> {
         let key = match c.key.split_once(':') {
             None if c.key == "client_ip" => Some(LimitKey::ClientIp),
+            None if c.key == "filter" => Some(LimitKey::Filter),
             Some(("header", h)) => match HeaderName::try_from(h.trim()) {
                 Ok(n) => Some(LimitKey::Header(n)),
                 Err(_) => {
@@ -64,7 +69,10 @@ impl RateLimit {
             _ => {
                 issues.error(
                     format!("{at}.key"),
-                    format!("\"{}\" is not client_ip, header:NAME or cookie:NAME", c.key),
+                    format!(
+                        "\"{}\" is not client_ip, header:NAME, cookie:NAME or filter",
+                        c.key
+                    ),
                 );
                 None
             }

@@ -10,9 +10,9 @@ pub mod normalize;
 pub mod respond;
 pub mod router;
 
+use crate::affinity::Affinity;
 use crate::filter::Flow;
 use crate::runtime::Runtime;
-use crate::affinity::Affinity;
 use crate::upstream::{now_ms, HashKey, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -98,7 +98,6 @@ fn json_ct() -> (header::HeaderName, header::HeaderValue) {
     )
 }
 
-
 /// The path-and-query to send upstream when it is not the request's own: the normalised path
 /// (unless the route sets `raw_path`), then `strip_prefix` / `rewrite` on it; the query as sent.
 fn upstream_path(route: &router::Route, ctx: &Ctx, req: &RequestHeader) -> Option<String> {
@@ -178,12 +177,21 @@ pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 
 impl Gateway {
     /// Counts the request against a route's rate limit: `Err(wait)` when refused.
-    fn check_rate(&self, limit: &limits::RateLimit, session: &Session) -> Result<(), Duration> {
+    fn check_rate(
+        &self,
+        limit: &limits::RateLimit,
+        session: &Session,
+        ctx: &Ctx,
+    ) -> Result<(), Duration> {
         let req = session.req_header();
         let named = match &limit.key {
             limits::LimitKey::ClientIp => None,
             limits::LimitKey::Header(h) => req.headers.get(h).map(|v| v.as_bytes()),
             limits::LimitKey::Cookie(c) => cookie(req, c).map(str::as_bytes),
+            limits::LimitKey::Filter => ctx
+                .extensions
+                .get::<crate::filter::RateLimitKey>()
+                .map(|k| k.0.as_bytes()),
         };
         if let Some(key) = named {
             return limit.check(key);
@@ -291,8 +299,10 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        if let Some(limit) = &route.rate_limit {
-            if let Err(wait) = self.check_rate(limit, session) {
+        // A limit keyed by a filter's value is counted after the filters ran.
+        let limit = route.rate_limit.as_ref();
+        if let Some(limit) = limit.filter(|l| l.key != limits::LimitKey::Filter) {
+            if let Err(wait) = self.check_rate(limit, session, ctx) {
                 let counters = self.rt.metrics.route(Some(idx));
                 counters.rate_limited.fetch_add(1, Relaxed);
                 return self.refuse_rate(session, route, limit, wait).await;
@@ -330,6 +340,13 @@ impl ProxyHttp for Gateway {
         let flow = route.filters.request(&route.name, fwd, session, ctx);
         if flow.await? == Flow::Done {
             return Ok(true);
+        }
+        if let Some(limit) = limit.filter(|l| l.key == limits::LimitKey::Filter) {
+            if let Err(wait) = self.check_rate(limit, session, ctx) {
+                let counters = self.rt.metrics.route(Some(idx));
+                counters.rate_limited.fetch_add(1, Relaxed);
+                return self.refuse_rate(session, route, limit, wait).await;
+            }
         }
         match &route.action {
             Action::Proxy { pool } => {
@@ -622,7 +639,8 @@ impl ProxyHttp for Gateway {
                         .and_then(|c| c.strip_prefix("io="))
                         .and_then(|c| c.split(';').next())
                     {
-                        aff.table.insert(sid, b, affinity::DEFAULT_SESSION_TTL_MS, now_ms());
+                        aff.table
+                            .insert(sid, b, affinity::DEFAULT_SESSION_TTL_MS, now_ms());
                     }
                 }
             }
@@ -732,7 +750,8 @@ impl ProxyHttp for Gateway {
                         aff.table.insert(
                             &t.sid,
                             b,
-                            t.heartbeat_ms.map_or(affinity::DEFAULT_SESSION_TTL_MS, |h| h + 5_000),
+                            t.heartbeat_ms
+                                .map_or(affinity::DEFAULT_SESSION_TTL_MS, |h| h + 5_000),
                             now_ms(),
                         );
                     })

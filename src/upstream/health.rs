@@ -34,9 +34,7 @@ impl HealthChecker {
                 };
                 c.peer_template.options.connection_timeout = Some(settings.timeout);
                 if let Some(t) = &pool.tls {
-                    c.peer_template.options.verify_cert = t.verify;
-                    c.peer_template.options.verify_hostname = t.verify;
-                    c.peer_template.options.ca = t.ca.clone();
+                    t.apply(&mut c.peer_template.options);
                 }
                 c
             }
@@ -44,9 +42,7 @@ impl HealthChecker {
                 let mut c = HttpHealthCheck::new(host, pool.tls.is_some());
                 if let Some(t) = &pool.tls {
                     c.peer_template.sni = t.sni.clone().unwrap_or_else(|| host.clone());
-                    c.peer_template.options.verify_cert = t.verify;
-                    c.peer_template.options.verify_hostname = t.verify;
-                    c.peer_template.options.ca = t.ca.clone();
+                    t.apply(&mut c.peer_template.options);
                 }
                 c.req.set_uri(
                     http::Uri::try_from(path.as_str())

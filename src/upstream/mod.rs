@@ -7,10 +7,8 @@ mod select;
 
 pub use health::HealthChecker;
 
-use crate::config::{
-    Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf,
-};
 use crate::affinity::Affinity;
+use crate::config::{Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf};
 use once_cell::sync::Lazy;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -206,6 +204,16 @@ pub struct UpstreamTls {
     pub ca: Option<Arc<[pingora_core::utils::tls::WrappedX509]>>,
 }
 
+impl UpstreamTls {
+    /// Sets the verification options of a peer to a pool's backends (proxied requests and
+    /// health checks alike).
+    pub fn apply(&self, o: &mut pingora_core::upstreams::peer::PeerOptions) {
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        o.ca = self.ca.clone();
+    }
+}
+
 impl std::fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.debug_struct("UpstreamTls")
@@ -249,9 +257,7 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
 /// The SNI for a backend: the configured one, else the host of its address.
 fn sni_for(tls: &UpstreamTls, configured: &str) -> String {
     tls.sni.clone().unwrap_or_else(|| {
-        configured
-            .rsplit_once(':')
-            .map_or(configured, |(h, _)| h)
+        crate::util::host_without_port(configured)
             .trim_matches(['[', ']'])
             .to_string()
     })
@@ -267,9 +273,7 @@ fn base_peer(
     let mut p = match tls {
         Some(tls) => {
             let mut p = HttpPeer::new(addr, true, sni_for(tls, configured));
-            p.options.verify_cert = tls.verify;
-            p.options.verify_hostname = tls.verify;
-            p.options.ca = tls.ca.clone();
+            tls.apply(&mut p.options);
             p
         }
         None => HttpPeer::new(addr, false, String::new()),
@@ -385,13 +389,10 @@ impl Pool {
             .health_check
             .as_ref()
             .map(|h| health_settings(h, &format!("{at}.health_check"), issues));
-        let affinity = c
-            .affinity
-            .as_ref()
-            .and_then(|a| {
-                let tags: Vec<&str> = backends.iter().map(|b| b.tag.as_str()).collect();
-                crate::affinity::compile(a, &tags, &format!("{at}.affinity"), issues)
-            });
+        let affinity = c.affinity.as_ref().and_then(|a| {
+            let tags: Vec<&str> = backends.iter().map(|b| b.tag.as_str()).collect();
+            crate::affinity::compile(a, &tags, &format!("{at}.affinity"), issues)
+        });
         let wheel = select::smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
         Pool {
             name: name.to_string(),
