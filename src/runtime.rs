@@ -241,11 +241,11 @@ impl Runtime {
             };
             if carries_socketio {
                 let t = pool.timeouts;
-                if t.idle.0.as_secs() < SOCKETIO_HEARTBEAT_SECS {
-                    issues.warn(format!("upstreams.{}.timeouts.idle", pool.name), format!("{} is less than Socket.IO's pingInterval + pingTimeout (45s by default): routes[{i}] carries Socket.IO and its WebSockets would be cut", t.idle));
+                if t.idle.as_secs() < SOCKETIO_HEARTBEAT_SECS {
+                    issues.warn(format!("upstreams.{}.timeouts.idle", pool.name), format!("{} is less than Socket.IO's pingInterval + pingTimeout (45s by default): routes[{i}] carries Socket.IO and its WebSockets would be cut", crate::config::Dur(t.idle)));
                 }
-                if t.read.0.as_secs() <= SOCKETIO_POLL_SECS {
-                    issues.warn(format!("upstreams.{}.timeouts.read", pool.name), format!("{} does not exceed Socket.IO's pingInterval (25s by default): routes[{i}] carries Socket.IO and its held polls would time out", t.read));
+                if t.read.as_secs() <= SOCKETIO_POLL_SECS {
+                    issues.warn(format!("upstreams.{}.timeouts.read", pool.name), format!("{} does not exceed Socket.IO's pingInterval (25s by default): routes[{i}] carries Socket.IO and its held polls would time out", crate::config::Dur(t.read)));
                 }
             }
         }

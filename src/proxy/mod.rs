@@ -430,7 +430,7 @@ impl ProxyHttp for Gateway {
                     ctx.upgrade = true;
                     // Pingora reads the upgraded client stream with the downstream read timeout
                     // (60 s by default): give it the pool's idle timeout instead.
-                    session.set_read_timeout(Some(p.timeouts.idle.0));
+                    session.set_read_timeout(Some(p.timeouts.idle));
                 }
                 Ok(false)
             }
@@ -892,7 +892,7 @@ impl ProxyHttp for Gateway {
 
     fn upgrade_detached(&self, session: &mut Session, ctx: &mut Ctx) -> DetachedTunnel {
         ctx.detached = true;
-        let idle = ctx.pool.map(|p| self.rt.pools[p].timeouts.idle.0);
+        let idle = ctx.pool.map(|p| self.rt.pools[p].timeouts.idle);
         // The backend stays busy (least_conn) until the tunnel closes.
         let in_flight = ctx.in_flight.take();
         let slot = ctx.upgrade_slot.take();

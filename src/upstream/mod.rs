@@ -146,7 +146,7 @@ pub struct Pool {
     /// Key for `consistent_hash`.
     pub hash_key: HashKey,
     /// Timeouts.
-    pub timeouts: TimeoutsConf,
+    pub timeouts: Timeouts,
     /// Extra backends tried after a connect failure.
     pub retries: usize,
     /// Active health check settings.
@@ -180,6 +180,33 @@ impl Drop for InFlight {
         self.pool.backends[self.backend]
             .in_flight
             .fetch_sub(1, Relaxed);
+    }
+}
+
+/// A pool's timeouts as the request path uses them (from `upstreams.*.timeouts`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Waiting for response bytes on plain HTTP.
+    pub read: Duration,
+    /// Writing to the backend.
+    pub write: Duration,
+    /// Upgraded connections with no traffic either way.
+    pub idle: Duration,
+    /// Reuse of an idle pooled connection to a backend.
+    pub keepalive: Duration,
+}
+
+impl From<&TimeoutsConf> for Timeouts {
+    fn from(t: &TimeoutsConf) -> Timeouts {
+        Timeouts {
+            connect: t.connect.0,
+            read: t.read.0,
+            write: t.write.0,
+            idle: t.idle.0,
+            keepalive: t.keepalive.0,
+        }
     }
 }
 
@@ -399,7 +426,7 @@ impl Pool {
             backends,
             balance: c.balance,
             hash_key,
-            timeouts: c.timeouts,
+            timeouts: Timeouts::from(&c.timeouts),
             retries: c.retries,
             health_check,
             affinity,
