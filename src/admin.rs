@@ -1,6 +1,8 @@
-//! The admin listener: `GET /health` (the gateway itself) and `GET /status` (JSON: pools,
-//! backends, health, in-flight counts). GET and HEAD only (405 otherwise), and only under an
-//! IP address or `localhost` as Host (403 otherwise).
+//! The admin listener: `GET /health` (the gateway itself), `GET /status` (JSON: pools,
+//! backends, state, in-flight counts), `GET /metrics`, and `POST
+//! /pools/{pool}/backends/{address}/drain` / `undrain` with `Authorization: Bearer
+//! <admin.token>` (refused without a configured token). GET and HEAD only elsewhere (405),
+//! and only under an IP address or `localhost` as Host (403 otherwise).
 
 use crate::runtime::Runtime;
 use async_trait::async_trait;
@@ -41,6 +43,7 @@ impl Admin {
                             "tag": b.tag,
                             "weight": b.weight,
                             "healthy": b.usable(),
+                            "state": b.state(),
                             "active_up": b.active_up(),
                             "ejected": b.ejected(),
                             "in_flight": in_flight,
@@ -77,6 +80,81 @@ impl Admin {
     }
 }
 
+/// `/pools/{pool}/backends/{address}/drain` or `/undrain`: (pool, address, drain?).
+fn drain_target(path: &str) -> Option<(&str, &str, bool)> {
+    let rest = path.strip_prefix("/pools/")?;
+    let (pool, rest) = rest.split_once("/backends/")?;
+    let (addr, action) = rest.rsplit_once('/')?;
+    let drain = match action {
+        "drain" => true,
+        "undrain" => false,
+        _ => return None,
+    };
+    (!pool.is_empty() && !addr.is_empty()).then_some((pool, addr, drain))
+}
+
+impl Admin {
+    /// Drains or undrains a backend, for a request bearing `admin.token`.
+    fn set_draining(
+        &self,
+        req: &pingora_http::RequestHeader,
+        pool: &str,
+        addr: &str,
+        drain: bool,
+    ) -> http::Response<Vec<u8>> {
+        let Some(token) = &self.rt.admin_token else {
+            return reply(
+                403,
+                "text/plain",
+                b"write endpoints need admin.token in the config\n".to_vec(),
+            );
+        };
+        let given = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            token.as_bytes(),
+        )) {
+            let mut r = reply(401, "text/plain", b"bad or missing bearer token\n".to_vec());
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        let Some(p) = self.rt.pools.iter().find(|p| p.name == pool) else {
+            return reply(
+                404,
+                "text/plain",
+                format!("no pool \"{pool}\"\n").into_bytes(),
+            );
+        };
+        let Some(b) = p
+            .backends
+            .iter()
+            .find(|b| b.addr.to_string() == addr || b.configured == addr)
+        else {
+            return reply(
+                404,
+                "text/plain",
+                format!("pool {pool} has no backend \"{addr}\"\n").into_bytes(),
+            );
+        };
+        b.draining.store(drain, Relaxed);
+        log::warn!(
+            "upstream {pool} backend {}: {} by the admin API",
+            b.addr,
+            if drain { "draining" } else { "undrained" }
+        );
+        let body = json!({ "pool": pool, "backend": b.addr.to_string(), "state": b.state(), "in_flight": b.in_flight.load(Relaxed) });
+        reply(200, "application/json", format!("{body}\n").into_bytes())
+    }
+}
+
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
     http::Response::builder()
         .status(status)
@@ -102,11 +180,16 @@ fn admin_host_allowed(host: &str) -> bool {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
-        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        let write = drain_target(req.uri.path());
+        let allowed = match write {
+            Some(_) => req.method == http::Method::POST,
+            None => req.method == http::Method::GET || req.method == http::Method::HEAD,
+        };
+        if !allowed {
             let mut r = reply(405, "text/plain", b"method not allowed\n".to_vec());
             r.headers_mut().insert(
                 http::header::ALLOW,
-                http::HeaderValue::from_static("GET, HEAD"),
+                http::HeaderValue::from_static(if write.is_some() { "POST" } else { "GET, HEAD" }),
             );
             return r;
         }
@@ -121,6 +204,9 @@ impl ServeHttp for Admin {
                 "text/plain",
                 b"the admin listener answers to an IP address or localhost only\n".to_vec(),
             );
+        }
+        if let Some((pool, addr, drain)) = write {
+            return self.set_draining(req, pool, addr, drain);
         }
         let path = req.uri.path().to_string();
         match path.as_str() {

@@ -58,6 +58,8 @@ pub struct Runtime {
     pub sole_port: [Option<u16>; 2],
     /// Admin listener, if enabled.
     pub admin: Option<SocketAddr>,
+    /// Bearer token of the admin write endpoints (`admin.token`).
+    pub admin_token: Option<String>,
     /// Pingora's server settings.
     pub server_conf: ServerConf,
     /// `server.max_connections`, if set (else derived from the open-files limit at start).
@@ -173,6 +175,9 @@ impl Runtime {
         } else {
             None
         };
+        if cfg.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+            issues.error("admin.token", "must be at least 16 characters");
+        }
         if let Some(a) = admin {
             if listeners.iter().any(|l| l.addr == a) {
                 issues.error("admin.address", format!("{a} is also a client listener"));
@@ -276,6 +281,7 @@ impl Runtime {
             redirect_ports,
             https_port,
             admin,
+            admin_token: cfg.admin.token.clone(),
             server_conf,
             max_connections,
             connections: crate::listener::ConnectionCount::new(usize::MAX),

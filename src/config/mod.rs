@@ -145,6 +145,8 @@ pub struct AdminConf {
     /// Whether the request path keeps the per-route and per-pool counters of `/metrics`
     /// (a few atomic adds per request; off only to measure that cost).
     pub metrics: bool,
+    /// Bearer token of the write endpoints (drain / undrain); without one they are refused.
+    pub token: Option<String>,
 }
 
 impl Default for AdminConf {
@@ -153,6 +155,7 @@ impl Default for AdminConf {
             address: "127.0.0.1:9901".into(),
             enabled: true,
             metrics: true,
+            token: None,
         }
     }
 }

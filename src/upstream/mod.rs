@@ -77,6 +77,9 @@ pub struct Backend {
     pub errors: AtomicU64,
     /// Counters only exported as metrics.
     pub stats: BackendStats,
+    /// Draining (admin API): no new sessions or balanced requests, but requests of its
+    /// existing sessions (sid tag, sid table, sticky cookie) still reach it.
+    pub draining: AtomicBool,
 }
 
 /// Counters of a backend exported as metrics.
@@ -106,6 +109,15 @@ impl Backend {
     #[inline]
     pub fn usable(&self) -> bool {
         self.active_up.load(Relaxed) && self.ejected_until.load(Relaxed) <= now_ms()
+    }
+
+    /// `up`, `draining` or `down` (failed checks or ejected), for `/status`.
+    pub fn state(&self) -> &'static str {
+        match (self.usable(), self.draining.load(Relaxed)) {
+            (false, _) => "down",
+            (true, true) => "draining",
+            (true, false) => "up",
+        }
     }
 
     /// Whether active checks say the backend is up.
@@ -385,6 +397,7 @@ impl Pool {
                     requests: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
                     stats: BackendStats::default(),
+                    draining: AtomicBool::new(false),
                 });
             }
         }
@@ -472,7 +485,11 @@ impl Pool {
     /// Picks a usable backend not in `exclude` (a bitmask of backend indices < 64).
     /// `key` is the consistent-hash key, when the pool hashes and the request has one.
     pub fn select(&self, key: Option<&[u8]>, exclude: u64) -> Option<usize> {
-        let ok = |i: usize| (i >= 64 || exclude & (1 << i) == 0) && self.backends[i].usable();
+        let ok = |i: usize| {
+            (i >= 64 || exclude & (1 << i) == 0)
+                && self.backends[i].usable()
+                && !self.backends[i].draining.load(Relaxed)
+        };
         match (self.balance, key) {
             (Balance::ConsistentHash, Some(k)) => select::rendezvous(&self.backends, k, ok),
             (Balance::LeastConn, _) => {

@@ -1,0 +1,116 @@
+//! Draining a backend through the admin API (issue 13, first part): a draining node gets no
+//! new balanced requests or sessions, but its existing sessions (sid tag, sticky cookie) stay
+//! on it; the write endpoints need `admin.token`; `/status` shows the state.
+
+mod common;
+use common::*;
+
+const TOKEN: &str = "s3cret-admin-token-0123";
+
+fn config(a: &Backend, b: &Backend, token: bool) -> String {
+    let admin_token = if token {
+        format!(", token: \"{TOKEN}\"")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
+admin: {{ address: "127.0.0.1:{{ADMIN}}"{admin_token} }}
+upstreams:
+  rt:
+    servers: [ {{ address: "{a}" }}, {{ address: "{b}" }} ]
+    affinity: {{ socketio: true, cookie: {{ name: gw }} }}
+routes: [ {{ upstream: rt }} ]
+"#,
+        a = a.addr,
+        b = b.addr
+    )
+}
+
+async fn post(admin: u16, path: &str, token: Option<&str>) -> Resp {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    http(
+        admin,
+        &format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_backend_keeps_its_sessions_and_gets_no_new_ones() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = Gateway::start(&config(&a, &b, true));
+    let status = get(gw.admin_port, "localhost", "/status").await.json();
+    let tag_b = status["pools"]["rt"]["backends"][1]["tag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let drain = format!("/pools/rt/backends/{}/drain", b.addr);
+
+    // Refused without the token, or with a wrong one.
+    assert_eq!(post(gw.admin_port, &drain, None).await.status, 401);
+    assert_eq!(
+        post(gw.admin_port, &drain, Some("wrong-token-wrong-token"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        post(
+            gw.admin_port,
+            "/pools/rt/backends/10.9.9.9:1/drain",
+            Some(TOKEN)
+        )
+        .await
+        .status,
+        404
+    );
+    let r = post(gw.admin_port, &drain, Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "draining");
+    let status = get(gw.admin_port, "localhost", "/status").await.json();
+    assert_eq!(status["pools"]["rt"]["backends"][1]["state"], "draining");
+    assert_eq!(status["pools"]["rt"]["backends"][0]["state"], "up");
+
+    // New balanced requests (and new cookie assignments) all go to a.
+    for _ in 0..6 {
+        let r = get(gw.port, "x", "/new").await;
+        assert_eq!(r.json()["backend"], "a");
+    }
+    // A Socket.IO session tagged for b stays on b.
+    let sid = format!("/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA.{tag_b}");
+    assert_eq!(get(gw.port, "x", &sid).await.json()["backend"], "b");
+    // So does a client holding b's sticky cookie.
+    let r = get_with(gw.port, "x", "/old", &[("Cookie", &format!("gw={tag_b}"))]).await;
+    assert_eq!(r.json()["backend"], "b");
+
+    // Undrained: b takes new requests again.
+    let undrain = format!("/pools/rt/backends/{}/undrain", b.addr);
+    assert_eq!(post(gw.admin_port, &undrain, Some(TOKEN)).await.status, 200);
+    let mut seen_b = false;
+    for _ in 0..6 {
+        seen_b |= get(gw.port, "x", "/new").await.json()["backend"] == "b";
+    }
+    assert!(seen_b, "b is balanced to again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_endpoints_are_refused_without_a_configured_token() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = Gateway::start(&config(&a, &b, false));
+    let drain = format!("/pools/rt/backends/{}/drain", b.addr);
+    let r = post(gw.admin_port, &drain, Some(TOKEN)).await;
+    assert_eq!(r.status, 403);
+    // GET on a write endpoint: 405 with Allow: POST.
+    let r = get(gw.admin_port, "127.0.0.1", &drain).await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    // A short token is a config error.
+    let (code, out) = check_config("admin: { token: short }\n");
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("admin.token: must be at least 16 characters"),
+        "{out}"
+    );
+}
