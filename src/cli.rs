@@ -1,5 +1,6 @@
 //! Command line: `gateway [-c FILE] [-t] [-u] [-d]`.
 
+use crate::admin_client::AdminArgs;
 use crate::upgrade::UpgradeArgs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,9 +24,13 @@ pub struct Cli {
 /// Usage text.
 pub const USAGE: &str = "usage: gateway [-c FILE] [-t] [-u] [-d]
        gateway upgrade [-c FILE] [--bin NEW_BINARY] [--timeout 30s]
+       gateway admin drain|undrain POOL ADDRESS [-c FILE]
   upgrade           zero-downtime binary upgrade / config reload of the running gateway:
                     checks FILE with the new binary, starts it with -u -d, hands the
                     listening sockets over (SIGQUIT to the old process), waits until it serves
+  admin             drain (no new sessions; existing ones stay) or undrain a backend of the
+                    running gateway through its admin listener (needs admin.token, or
+                    GATEWAY_ADMIN_TOKEN)
   -c, --conf FILE   config file (default: conf/gateway.yaml)
   -t, --test        check the config (and every file it names) and exit: 0 if valid
   -u, --upgrade     take the listening sockets over from the running gateway (zero-downtime upgrade)
@@ -44,6 +49,8 @@ pub enum Command {
     Version,
     /// Upgrade the running gateway (`gateway upgrade ...`).
     Upgrade(UpgradeArgs),
+    /// Drain or undrain a backend of the running gateway (`gateway admin ...`).
+    Admin(AdminArgs),
 }
 
 /// Parses arguments (without the program name).
@@ -57,6 +64,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let args: Vec<String> = args.into_iter().collect();
     if args.first().map(String::as_str) == Some("upgrade") {
         return parse_upgrade(&args[1..]).map(Command::Upgrade);
+    }
+    if args.first().map(String::as_str) == Some("admin") {
+        return parse_admin(&args[1..]).map(Command::Admin);
     }
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -95,6 +105,28 @@ fn parse_upgrade(args: &[String]) -> Result<UpgradeArgs, String> {
         }
     }
     Ok(a)
+}
+
+/// Parses `admin` arguments (after the word `admin`).
+fn parse_admin(args: &[String]) -> Result<AdminArgs, String> {
+    let mut words = Vec::new();
+    let mut config = PathBuf::from(DEFAULT_CONFIG);
+    let mut it = args.iter();
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "-c" | "--conf" => config = it.next().ok_or("-c needs a file")?.into(),
+            s => words.push(s.to_string()),
+        }
+    }
+    match words.as_slice() {
+        [action, pool, backend] if action == "drain" || action == "undrain" => Ok(AdminArgs {
+            action: action.clone(),
+            pool: pool.clone(),
+            backend: backend.clone(),
+            config,
+        }),
+        _ => Err("usage: gateway admin drain|undrain POOL ADDRESS [-c FILE]".into()),
+    }
 }
 
 #[cfg(test)]

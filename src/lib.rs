@@ -52,6 +52,7 @@
 //! ```
 
 pub(crate) mod admin;
+pub(crate) mod admin_client;
 pub mod affinity;
 pub(crate) mod cli;
 pub mod config;
@@ -105,6 +106,7 @@ pub fn run_with(registry: Registry) -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
         Ok(cli::Command::Run(c)) => run_cli_with(c, &registry),
         Ok(cli::Command::Upgrade(a)) => upgrade::run(&a),
+        Ok(cli::Command::Admin(a)) => admin_client::run(&a),
         Ok(cli::Command::Help) => {
             println!("{}", cli::USAGE);
             ExitCode::SUCCESS

@@ -26,6 +26,8 @@ pub const BYTES_IN: &str = "gateway_received_bytes_total";
 pub const BYTES_OUT: &str = "gateway_sent_bytes_total";
 /// Whether a backend may receive requests (1) or not (0: down or ejected).
 pub const BACKEND_UP: &str = "gateway_backend_up";
+/// Whether a backend is draining (admin API): no new sessions, existing ones stay.
+pub const BACKEND_DRAINING: &str = "gateway_backend_draining";
 /// Requests sent to a backend.
 pub const BACKEND_REQUESTS: &str = "gateway_backend_requests_total";
 /// Connect or proxy errors with a backend.
@@ -213,6 +215,7 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
     );
     let pb = ["pool", "backend"];
     let up = s.gauge(BACKEND_UP, "Whether the backend may receive requests.", &pb);
+    let drn = s.gauge(BACKEND_DRAINING, "Whether the backend is draining.", &pb);
     let breq = s.counter(BACKEND_REQUESTS, "Requests sent to the backend.", &pb);
     let berr = s.counter(
         BACKEND_ERRORS,
@@ -240,6 +243,8 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
             let addr = b.addr.to_string();
             let l = [pool, addr.as_str()];
             up.with_label_values(&l).set(b.usable() as i64);
+            drn.with_label_values(&l)
+                .set(b.draining.load(Relaxed) as i64);
             set(&breq, &l, b.requests.load(Relaxed));
             set(&berr, &l, b.errors.load(Relaxed));
             bfl.with_label_values(&l)

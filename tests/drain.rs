@@ -114,3 +114,39 @@ async fn write_endpoints_are_refused_without_a_configured_token() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drains_and_undrains_through_the_admin_listener() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = Gateway::start(&config(&a, &b, true));
+    let cli = |action: &str| {
+        std::process::Command::new(gateway_bin())
+            .args(["admin", action, "rt", &b.addr.to_string(), "-c"])
+            .arg(&gw.config_path)
+            .output()
+            .unwrap()
+    };
+    let out = cli("drain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"draining\""));
+    for _ in 0..4 {
+        assert_eq!(get(gw.port, "x", "/n").await.json()["backend"], "a");
+    }
+    let out = cli("undrain");
+    assert!(out.status.success());
+    let state = &get(gw.admin_port, "localhost", "/status").await.json()["pools"]["rt"]["backends"]
+        [1]["state"];
+    assert_eq!(state, "up");
+    // An unknown backend: a non-zero exit with the gateway's reason.
+    let out = std::process::Command::new(gateway_bin())
+        .args(["admin", "drain", "rt", "10.9.9.9:1", "-c"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+}
