@@ -104,8 +104,7 @@ pub struct ConnectionCount {
     open: AtomicUsize,
     max: AtomicUsize,
     refused: AtomicU64,
-    /// Wall-clock second at which a refusal was last logged.
-    last_log: AtomicU64,
+    log: crate::util::OncePerSecond,
 }
 
 impl ConnectionCount {
@@ -115,7 +114,7 @@ impl ConnectionCount {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             refused: AtomicU64::new(0),
-            last_log: AtomicU64::new(0),
+            log: Default::default(),
         })
     }
 
@@ -142,14 +141,7 @@ impl ConnectionCount {
     /// Counts a refusal; logs at most once per second, with how many were refused meanwhile.
     fn refuse(&self, why: std::fmt::Arguments) {
         let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = crate::util::now_secs();
-        let last = self.last_log.load(Ordering::Relaxed);
-        if now > last
-            && self
-                .last_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.log.ready() {
             log::warn!("connection refused: {why} ({total} refused since start)");
         }
     }

@@ -19,11 +19,27 @@ pub(crate) fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-/// Whole seconds of the wall clock, for once-per-second log throttles.
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Lets one caller a second through, for log lines that a flood would otherwise repeat.
+#[derive(Debug, Default)]
+pub(crate) struct OncePerSecond {
+    /// Wall-clock second of the last caller let through.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl OncePerSecond {
+    /// Whether this call is the first of its wall-clock second.
+    pub(crate) fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Relaxed);
+        now > last
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+    }
 }
 
 /// FNV-1a, used for tags and hashing; stable across processes and versions.

@@ -281,14 +281,6 @@ fn rand_name() -> String {
     )
 }
 
-async fn connect_from(ip: &str, port: u16) -> TcpStream {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-    sock.connect(format!("127.0.0.1:{port}").parse().unwrap())
-        .await
-        .unwrap()
-}
-
 /// Waits until the harness's own port probes have been closed by the gateway (they count
 /// against the connection caps like any client).
 async fn no_connections_open(gw: &Gateway) {
@@ -466,4 +458,25 @@ routes:
         accept_lines <= 4,
         "accept failures logged once a second: {accept_lines}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_bytes_read_with_the_header_do_not_count_as_header() {
+    let b = Backend::start("app").await;
+    let gw = Gateway::start(&config(
+        &b,
+        "max_request_line: 1024, max_header_size: 4608",
+        "",
+    ));
+    // A 4.1 KB header arrives over two reads (the first fills the initial 4 KiB buffer);
+    // the second also brings body bytes, which are not header bytes.
+    let pad = "p".repeat(4000);
+    let body = "b".repeat(8000);
+    let raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = http(gw.port, &raw).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 8000);
 }

@@ -6,15 +6,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-async fn connect_from(ip: &str, port: u16) -> TcpStream {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-    sock.connect(format!("127.0.0.1:{port}").parse().unwrap())
-        .await
-        .unwrap()
-}
 
 /// One request on a fresh connection from `ip`: (status, Retry-After).
 async fn request_from(ip: &str, port: u16, path: &str, extra: &str) -> (u16, Option<u64>) {

@@ -36,8 +36,7 @@ pub struct RateLimit {
     pub key: LimitKey,
     /// Status of a refused request.
     pub status: u16,
-    /// Wall-clock second of the last refusal log line.
-    last_log: AtomicU64,
+    log: crate::util::OncePerSecond,
     refused: AtomicU64,
 }
 
@@ -110,7 +109,7 @@ impl RateLimit {
             hasher: Default::default(),
             key: key?,
             status: c.status,
-            last_log: AtomicU64::new(0),
+            log: Default::default(),
             refused: AtomicU64::new(0),
         })
     }
@@ -126,14 +125,7 @@ impl RateLimit {
     /// Logs a refusal at most once per second per route, with the count since the last line.
     pub fn log_refusal(&self, route: &str, client: &str) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = crate::util::now_secs();
-        let last = self.last_log.load(Ordering::Relaxed);
-        if now > last
-            && self
-                .last_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.log.ready() {
             self.refused.store(0, Ordering::Relaxed);
             log::warn!("{route}: rate limit: {client} refused ({n} refused since the last line)");
         }

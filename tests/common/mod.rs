@@ -87,6 +87,16 @@ pub async fn start_backends(names: &[&str]) -> Vec<Backend> {
     v
 }
 
+/// A TCP connection to 127.0.0.1:port from the loopback address `ip` (e.g. 127.0.0.2), to
+/// act as another client address.
+pub async fn connect_from(ip: &str, port: u16) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    sock.connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Poll an async predicate every 50 ms until it returns true (-> true) or `timeout` elapses (-> false).
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where

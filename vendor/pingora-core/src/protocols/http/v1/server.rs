@@ -452,9 +452,6 @@ impl HttpSession {
                 .map(|t| Instant::now() + t)
         });
         loop {
-            if let Some(l) = &limits {
-                check_header_size(&buf, l)?;
-            }
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
@@ -486,7 +483,6 @@ impl HttpSession {
                     }
                     None => return Ok(None),
                 }
-                check_header_size(&buf, &l)?;
             } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
                 already_read += n;
             } else {
@@ -605,6 +601,11 @@ impl HttpSession {
                         return Ok(Some(s));
                     }
                     HeaderParseState::Partial => {
+                        // pingora-gateway patch: a header still incomplete is all header
+                        // bytes; refuse it as soon as it is over the limits.
+                        if let Some(l) = &limits {
+                            check_header_size(&buf, l)?;
+                        }
                         break; /* continue the read loop */
                     }
                     HeaderParseState::Invalid(e) => match e {
