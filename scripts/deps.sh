@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing the gateway needs, when missing: cmake (Pingora's
-# zlib-ng build), a C compiler, and the npm packages of the Socket.IO suite.
+# zlib-ng build), a C compiler, Chromium and Redis (browser and cross-node tests), and the npm packages of the Socket.IO suite.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The browser tests (dashboard, end-to-end page) and the cross-node rooms example.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

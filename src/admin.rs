@@ -1,8 +1,9 @@
 //! The admin listener: `GET /health` (the gateway itself), `GET /status` (JSON: pools,
-//! backends, state, in-flight counts), `GET /metrics`, and `POST
-//! /pools/{pool}/backends/{address}/drain` / `undrain` with `Authorization: Bearer
-//! <admin.token>` (refused without a configured token). GET and HEAD only elsewhere (405),
-//! and only under an IP address or `localhost` as Host (403 otherwise).
+//! backends, state, in-flight / WebSocket / Socket.IO session counts, recent health checks),
+//! `GET /metrics`, the dashboard (`/`, `/dashboard`, its assets and `/history`, see
+//! [`crate::dashboard`]), and `POST /pools/{pool}/backends/{address}/drain` / `undrain` with
+//! `Authorization: Bearer <admin.token>` (refused without a configured token). GET and HEAD
+//! only elsewhere (405), and only under an IP address or `localhost` as Host (403 otherwise).
 
 use crate::runtime::Runtime;
 use async_trait::async_trait;
@@ -30,11 +31,14 @@ impl Admin {
             .rt
             .pools
             .iter()
-            .map(|p| {
+            .map(|h| {
+                let p = h.load();
+                let sessions = p.live_sessions();
                 let backends: Vec<_> = p
                     .backends
                     .iter()
-                    .map(|b| {
+                    .zip(sessions)
+                    .map(|(b, sessions)| {
                         let in_flight = b.in_flight.load(Relaxed);
                         total_in_flight += in_flight;
                         json!({
@@ -47,8 +51,11 @@ impl Admin {
                             "active_up": b.active_up(),
                             "ejected": b.ejected(),
                             "in_flight": in_flight,
+                            "websockets": b.websockets.load(Relaxed),
+                            "sessions": sessions,
                             "requests": b.requests.load(Relaxed),
                             "errors": b.errors.load(Relaxed),
+                            "checks": b.recent_checks(),
                         })
                     })
                     .collect();
@@ -60,6 +67,7 @@ impl Admin {
                         "health_check": p.health_check.is_some(),
                         "healthy": p.usable_count(),
                         "upgraded": p.upgraded(),
+                        "discovery": p.discovery.is_some(),
                         "backends": backends,
                     }),
                 )
@@ -126,7 +134,13 @@ impl Admin {
             );
             return r;
         }
-        let Some(p) = self.rt.pools.iter().find(|p| p.name == pool) else {
+        let Some(p) = self
+            .rt
+            .pools
+            .iter()
+            .find(|p| p.name == pool)
+            .map(|h| h.load())
+        else {
             return reply(
                 404,
                 "text/plain",
@@ -211,6 +225,7 @@ impl ServeHttp for Admin {
         let path = req.uri.path().to_string();
         match path.as_str() {
             "/health" => reply(200, "text/plain", b"OK\n".to_vec()),
+            p if crate::dashboard::serves(p) => crate::dashboard::response(p),
             "/status" => {
                 let mut body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
                 body.push(b'\n');
@@ -224,7 +239,7 @@ impl ServeHttp for Admin {
             _ => reply(
                 404,
                 "text/plain",
-                b"not found: try /health, /status or /metrics\n".to_vec(),
+                b"not found: try / (dashboard), /health, /status or /metrics\n".to_vec(),
             ),
         }
     }

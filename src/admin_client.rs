@@ -43,10 +43,20 @@ fn call(a: &AdminArgs) -> Result<(u16, String), String> {
     if !cfg.admin.enabled {
         return Err("the admin listener is disabled in the config".into());
     }
+    let from_file = match &cfg.admin.token_file {
+        Some(f) => {
+            let p = cfg.resolve_path(f);
+            let t = std::fs::read_to_string(&p)
+                .map_err(|e| format!("admin.token_file: cannot read \"{}\": {e}", p.display()))?;
+            Some(t.trim_end().to_string())
+        }
+        None => None,
+    };
     let token = std::env::var("GATEWAY_ADMIN_TOKEN")
         .ok()
         .or(cfg.admin.token)
-        .ok_or("no admin.token in the config (or GATEWAY_ADMIN_TOKEN)")?;
+        .or(from_file)
+        .ok_or("no admin.token or admin.token_file in the config (or GATEWAY_ADMIN_TOKEN)")?;
     let addr: std::net::SocketAddr = cfg
         .admin
         .address

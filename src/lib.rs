@@ -9,6 +9,7 @@
 //! - [`filter`]: Rust filter hooks per route ([`filter::Filter`], [`filter::Registry`]; the
 //!   module docs give the phase order and a complete filter)
 //! - `admin`: `/health`, `/status` and `/metrics`
+//! - `dashboard`: the admin listener's HTML page and its five-minute `/history`
 //! - [`metrics`]: Prometheus metric names and the `/metrics` text
 //! - [`tls`]: listener certificates (SNI), TLS to backends
 //! - `server`: assembles the Pingora server and its services
@@ -56,6 +57,7 @@ pub(crate) mod admin_client;
 pub mod affinity;
 pub(crate) mod cli;
 pub mod config;
+mod dashboard;
 pub mod filter;
 pub mod listener;
 mod mem_trim;

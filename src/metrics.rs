@@ -38,6 +38,10 @@ pub const BACKEND_IN_FLIGHT: &str = "gateway_backend_in_flight";
 pub const HEALTH_CHECK_FAILURES: &str = "gateway_health_check_failures_total";
 /// Requests tried again on another backend after a connect failure, by pool.
 pub const RETRIES: &str = "gateway_retries_total";
+/// WebSockets open to a backend now.
+pub const BACKEND_WEBSOCKETS: &str = "gateway_backend_websockets";
+/// Live Socket.IO sessions on a backend (a drain waits for 0).
+pub const BACKEND_SESSIONS: &str = "gateway_backend_socketio_sessions";
 /// Socket.IO handshakes whose sid was tagged with a node, by pool and backend.
 pub const SIO_HANDSHAKES: &str = "gateway_socketio_handshakes_total";
 /// Socket.IO sessions upgraded to WebSocket, by pool and backend.
@@ -97,6 +101,16 @@ impl Metrics {
         let class = (status as usize / 100).min(5);
         self.route(route).by_class[class].fetch_add(1, Relaxed);
         self.bytes(bytes_in, bytes_out);
+    }
+
+    /// Requests answered and, of those, answered 5xx, over every route (the dashboard's
+    /// history samples these once a second).
+    pub fn answered(&self) -> (u64, u64) {
+        let all = self.routes.iter().chain(std::iter::once(&self.unrouted));
+        all.fold((0, 0), |(n, e), c| {
+            let n = n + c.by_class.iter().map(|x| x.load(Relaxed)).sum::<u64>();
+            (n, e + c.by_class[5].load(Relaxed))
+        })
     }
 
     /// Counts body bytes both ways.
@@ -223,6 +237,12 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
         &pb,
     );
     let bfl = s.gauge(BACKEND_IN_FLIGHT, "Requests in flight to the backend.", &pb);
+    let bws = s.gauge(BACKEND_WEBSOCKETS, "WebSockets open to the backend.", &pb);
+    let bss = s.gauge(
+        BACKEND_SESSIONS,
+        "Live Socket.IO sessions on the backend.",
+        &pb,
+    );
     let hcf = s.counter(HEALTH_CHECK_FAILURES, "Failed active health checks.", &pb);
     let hs = s.counter(
         SIO_HANDSHAKES,
@@ -234,12 +254,14 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
         "Socket.IO sessions upgraded to WebSocket.",
         &pb,
     );
-    for p in &rt.pools {
+    for h in &rt.pools {
+        let p = h.load();
         let pool = p.name.as_str();
+        let sessions = p.live_sessions();
         ws.with_label_values(&[pool]).set(p.upgraded() as i64);
         set(&retries, &[pool], p.stats.retries.load(Relaxed));
         set(&unknown, &[pool], p.stats.session_unknown.load(Relaxed));
-        for b in &p.backends {
+        for (b, n) in p.backends.iter().zip(sessions) {
             let addr = b.addr.to_string();
             let l = [pool, addr.as_str()];
             up.with_label_values(&l).set(b.usable() as i64);
@@ -249,6 +271,9 @@ pub fn render(rt: &Runtime) -> Vec<u8> {
             set(&berr, &l, b.errors.load(Relaxed));
             bfl.with_label_values(&l)
                 .set(b.in_flight.load(Relaxed) as i64);
+            bws.with_label_values(&l)
+                .set(b.websockets.load(Relaxed) as i64);
+            bss.with_label_values(&l).set(n as i64);
             set(&hcf, &l, b.stats.check_failures.load(Relaxed));
             set(&hs, &l, b.stats.sio_handshakes.load(Relaxed));
             set(&upg, &l, b.stats.sio_upgrades.load(Relaxed));

@@ -6,7 +6,7 @@ use crate::filter::Registry;
 use crate::proxy::headers::Forwarded;
 use crate::proxy::router::{Action, Router};
 use crate::tls::ListenerTls;
-use crate::upstream::{Pool, UpstreamTls};
+use crate::upstream::{Pool, PoolHandle, UpstreamTls};
 use pingora_core::server::configuration::ServerConf;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,8 +41,9 @@ const MAX_READ_BUFFER: usize = 1024 * 1024;
 pub struct Runtime {
     /// Route table.
     pub router: Router,
-    /// Pools, indexed by `Action::Proxy { pool }`.
-    pub pools: Vec<Arc<Pool>>,
+    /// Pools, indexed by `Action::Proxy { pool }`: each the current snapshot (replaced by
+    /// discovery).
+    pub pools: Vec<Arc<PoolHandle>>,
     /// Pool index by name (for filters that choose the pool).
     pub pool_index: HashMap<String, usize>,
     /// Forwarded-header policy.
@@ -175,8 +176,19 @@ impl Runtime {
         } else {
             None
         };
-        if cfg.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
-            issues.error("admin.token", "must be at least 16 characters");
+        let admin_token = read_secret(
+            cfg,
+            cfg.admin.token.as_deref(),
+            cfg.admin.token_file.as_deref(),
+            "admin.token",
+            &mut issues,
+        );
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            let key = match cfg.admin.token_file {
+                Some(_) => "admin.token_file",
+                None => "admin.token",
+            };
+            issues.error(key, "must be at least 16 characters");
         }
         if let Some(a) = admin {
             if listeners.iter().any(|l| l.addr == a) {
@@ -211,9 +223,29 @@ impl Runtime {
                     )
                 }),
             });
-            pools.push(Arc::new(Pool::compile_with_tls(name, u, tls, &mut issues)));
+            let at = format!("upstreams.{name}.affinity.secret");
+            let aff = u.affinity.as_ref();
+            let secret = aff
+                .and_then(|a| {
+                    let (inline, file) = (a.secret.as_deref(), a.secret_file.as_deref());
+                    read_secret(cfg, inline, file, &at, &mut issues)
+                })
+                .unwrap_or_default();
+            // A relative hosts file is relative to the config, like every other path.
+            let mut u = u.clone();
+            if let Some(h) = u.discovery.as_mut().and_then(|d| d.dns.hosts_file.as_mut()) {
+                *h = cfg.resolve_path(h).to_string_lossy().into_owned();
+            }
+            let pool = Pool::compile_with_tls(name, &u, tls, &secret, &mut issues);
+            pools.push(pool);
         }
-        let router = Router::compile(&cfg.routes, &pool_index, filters, &mut issues);
+        let router = Router::compile_in(
+            &cfg.routes,
+            cfg.base_dir.as_deref(),
+            &pool_index,
+            filters,
+            &mut issues,
+        );
         if cfg.routes.is_empty() {
             issues.warn("routes", "no routes: every request gets 404");
         }
@@ -273,7 +305,10 @@ impl Runtime {
         let sole_port = [sole(false), sole(true)];
         Ok(Runtime {
             router,
-            pools,
+            pools: pools
+                .into_iter()
+                .map(|p| Arc::new(PoolHandle::new(p)))
+                .collect(),
             pool_index,
             forwarded,
             listeners,
@@ -281,13 +316,55 @@ impl Runtime {
             redirect_ports,
             https_port,
             admin,
-            admin_token: cfg.admin.token.clone(),
+            admin_token,
             server_conf,
             max_connections,
             connections: crate::listener::ConnectionCount::new(usize::MAX),
             metrics: crate::metrics::Metrics::new(cfg.routes.len(), cfg.admin.metrics),
             warnings: issues.warnings,
         })
+    }
+}
+
+/// A secret given inline (`key`) or in a file (`key_file`, trailing whitespace dropped):
+/// one of the two, a readable, non-empty file.
+fn read_secret(
+    cfg: &Config,
+    inline: Option<&str>,
+    file: Option<&str>,
+    key: &str,
+    issues: &mut Issues,
+) -> Option<String> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            issues.error(
+                format!("{key}_file"),
+                format!("give {key} or {key}_file, not both"),
+            );
+            None
+        }
+        (Some(s), None) => Some(s.to_string()),
+        (None, Some(f)) => {
+            let path = cfg.resolve_path(f);
+            match std::fs::read_to_string(&path) {
+                Ok(s) if s.trim_end().is_empty() => {
+                    issues.error(
+                        format!("{key}_file"),
+                        format!("\"{}\" is empty", path.display()),
+                    );
+                    None
+                }
+                Ok(s) => Some(s.trim_end().to_string()),
+                Err(e) => {
+                    issues.error(
+                        format!("{key}_file"),
+                        format!("cannot read \"{}\": {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
     }
 }
 

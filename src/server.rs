@@ -129,6 +129,11 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
             &mut crate::config::Issues::default(),
         ));
         app.server_options = Some(opts);
+        // The dashboard's five-minute history, sampled once a second.
+        server.add_service(background_service(
+            "dashboard-history",
+            crate::dashboard::Sampler(rt.clone()),
+        ));
         let mut admin = Service::new("admin".to_string(), app);
         admin.add_tcp(&addr.to_string());
         let admin = server.add_service(admin);

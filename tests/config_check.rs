@@ -47,6 +47,7 @@ fn broken_configs_name_key_and_reason() {
         ("upstreams:\n  p: { servers: [] }\nroutes: [ { upstream: p } ]\n", &["upstreams.p.servers: needs at least one server"]),
         ("forwarded: { trusted_proxies: [ 10.0.0.0/40 ] }\n", &["forwarded.trusted_proxies[0]: invalid prefix length"]),
         ("routes:\n  - { match: { path: /a }, redirect: { to: /b, status: 200 } }\n", &["routes[0].redirect.status: must be 301, 302, 303, 307 or 308"]),
+        ("routes:\n  - { respond: {} }\n  - { static: { root: /nonexistent/www, index: [a/b] } }\n", &["routes[1].static.root: /nonexistent/www: No such file or directory", "routes[1].static.index[0]: \"a/b\" is not a file name"]),
         ("routes: [\n  - oops\n", &["line 2"]),
         (
             "upstreams:\n  p: { servers: [ { address: 127.0.0.1:1 } ], health_check: { fails: 0, http: { path: health } } }\nroutes: [ { upstream: p } ]\n",

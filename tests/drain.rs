@@ -150,3 +150,56 @@ async fn the_cli_drains_and_undrains_through_the_admin_listener() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_secret_can_come_from_files() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = unique_temp_dir("secrets");
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.join("secret"), "tag-secret\n").unwrap();
+    let yaml = config(&a, &b, false)
+        .replace(
+            "\"127.0.0.1:{ADMIN}\"",
+            &format!(
+                "\"127.0.0.1:{{ADMIN}}\", token_file: \"{}\"",
+                dir.join("token").display()
+            ),
+        )
+        .replace(
+            "cookie: { name: gw }",
+            &format!(
+                "cookie: {{ name: gw }}, secret_file: \"{}\"",
+                dir.join("secret").display()
+            ),
+        );
+    let gw = Gateway::start(&yaml);
+    let drain = format!("/pools/rt/backends/{}/drain", b.addr);
+    let r = post(gw.admin_port, &drain, Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "the token from the file: {}", r.text());
+    // The secret from the file keys the tags exactly like the inline one.
+    let inline = config(&a, &b, false).replace(
+        "cookie: { name: gw }",
+        "cookie: { name: gw }, secret: tag-secret",
+    );
+    let gw2 = Gateway::start(&inline);
+    let tags = |s: serde_json::Value| s["pools"]["rt"]["backends"][1]["tag"].clone();
+    assert_eq!(
+        tags(get(gw.admin_port, "localhost", "/status").await.json()),
+        tags(get(gw2.admin_port, "localhost", "/status").await.json())
+    );
+    // Both forms at once, or an unreadable file: the key is named.
+    let (code, out) =
+        check_config(&inline.replace("secret: tag-secret", "secret: tag-secret, secret_file: /x"));
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("upstreams.rt.affinity.secret_file: give"),
+        "{out}"
+    );
+    let (code, out) = check_config(&config(&a, &b, false).replace(
+        "\"127.0.0.1:{ADMIN}\"",
+        "\"127.0.0.1:9\", token_file: /nonexistent/token",
+    ));
+    assert_ne!(code, 0);
+    assert!(out.contains("admin.token_file: cannot read"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

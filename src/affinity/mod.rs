@@ -27,7 +27,7 @@ pub struct Affinity {
     /// Sticky cookie.
     pub cookie: Option<StickyCookie>,
     /// sid -> backend for sids without a tag.
-    pub table: SidTable,
+    pub table: std::sync::Arc<SidTable>,
     tags: HashMap<String, usize>,
 }
 
@@ -90,7 +90,7 @@ pub fn compile(c: &AffinityConf, tags: &[&str], at: &str, issues: &mut Issues) -
     Some(Affinity {
         socketio_path,
         cookie,
-        table: SidTable::new(c.max_sessions.max(1)),
+        table: std::sync::Arc::new(SidTable::new(c.max_sessions.max(1))),
         tags: map,
     })
 }
@@ -113,6 +113,8 @@ pub struct Pin {
     pub handshake: bool,
     /// Backend named by a valid sticky cookie.
     pub cookie_backend: Option<usize>,
+    /// The request is under the Socket.IO path (its WebSocket is a live session).
+    pub socketio: bool,
 }
 
 /// Why affinity refuses a request.
@@ -138,6 +140,7 @@ pub fn pin(
     let mut pin = Pin::default();
     if let Some(sio) = &aff.socketio_path {
         if path.starts_with(sio.as_str()) {
+            pin.socketio = true;
             let query = req.uri.query();
             if has_several_sids(query) {
                 return Err(Refusal::SeveralSids);
@@ -153,7 +156,12 @@ pub fn pin(
                     );
                 }
                 let base = if tagged.is_some() { base } else { sid };
-                pin.sid_key = Some(SidTable::key(base));
+                let key = SidTable::key(base);
+                pin.sid_key = Some(key);
+                if tagged.is_some() {
+                    // Routed by its tag; the table only keeps the session counted as live.
+                    aff.table.touch(key, now_ms);
+                }
                 let found = tagged.or_else(|| aff.table.get(base, now_ms));
                 if let Some(idx) = found {
                     if !usable(idx) {

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     backend: u16,
+    /// The session runs over a WebSocket now (counted by the tunnel, not by the table).
+    upgraded: bool,
     last_seen: u64,
     ttl: u64,
 }
@@ -58,6 +60,7 @@ impl SidTable {
             k,
             Entry {
                 backend: backend as u16,
+                upgraded: false,
                 last_seen: now_ms,
                 ttl: ttl_ms,
             },
@@ -75,6 +78,39 @@ impl SidTable {
         }
         e.last_seen = now_ms;
         Some(e.backend as usize)
+    }
+
+    /// Refreshes the expiry of the session with table key `k`, if known (a request of a
+    /// tagged sid: routed by its tag, but the table still counts the session as live).
+    pub fn touch(&self, k: u64, now_ms: u64) {
+        if let Some(e) = self.shard(k).get_mut(&k) {
+            e.last_seen = now_ms;
+        }
+    }
+
+    /// Marks the session with table key `k` as moved to a WebSocket: its open tunnel counts
+    /// it from now on, and the entry only stays for routing a late polling request.
+    pub fn mark_upgraded(&self, k: u64) {
+        if let Some(e) = self.shard(k).get_mut(&k) {
+            e.upgraded = true;
+        }
+    }
+
+    /// Live polling sessions per backend (entries seen within their heartbeat and not
+    /// upgraded), indexed by backend, `backends` long. Walks the table: for `/status`.
+    pub fn live_polling(&self, backends: usize, now_ms: u64) -> Vec<usize> {
+        let mut out = vec![0; backends];
+        for s in &self.shards {
+            let m = s.lock().unwrap_or_else(|p| p.into_inner());
+            for e in m.values() {
+                if !e.upgraded && now_ms.saturating_sub(e.last_seen) <= e.ttl {
+                    if let Some(n) = out.get_mut(e.backend as usize) {
+                        *n += 1;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Forgets `sid`.
@@ -132,5 +168,28 @@ mod tests {
         }
         assert!(t.len() <= 32 + SHARDS, "bounded: {}", t.len());
         assert_eq!(t.get("s9999", 10_000), Some(0), "the newest survive");
+    }
+
+    #[test]
+    fn live_polling_counts_fresh_not_upgraded_sessions() {
+        let t = SidTable::new(1000);
+        t.insert("a", 0, 1000, 0);
+        t.insert("b", 1, 1000, 0);
+        t.insert("c", 1, 1000, 0);
+        assert_eq!(t.live_polling(2, 500), vec![1, 2]);
+        t.mark_upgraded(SidTable::key("c"));
+        assert_eq!(
+            t.live_polling(2, 500),
+            vec![1, 1],
+            "c runs over a WebSocket now"
+        );
+        t.touch(SidTable::key("b"), 900);
+        assert_eq!(
+            t.live_polling(2, 1500),
+            vec![0, 1],
+            "a expired, b was touched"
+        );
+        t.touch(SidTable::key("zz"), 900);
+        assert_eq!(t.len(), 3, "touch never inserts");
     }
 }

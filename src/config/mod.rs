@@ -113,7 +113,7 @@ pub struct CertConf {
 }
 
 /// TLS to the backends of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamTlsConf {
     /// Server name sent and verified; default: the host part of each server address.
@@ -147,6 +147,8 @@ pub struct AdminConf {
     pub metrics: bool,
     /// Bearer token of the write endpoints (drain / undrain); without one they are refused.
     pub token: Option<String>,
+    /// File holding `token` (a mounted Kubernetes Secret): trailing whitespace ignored.
+    pub token_file: Option<String>,
 }
 
 impl Default for AdminConf {
@@ -156,6 +158,7 @@ impl Default for AdminConf {
             enabled: true,
             metrics: true,
             token: None,
+            token_file: None,
         }
     }
 }
@@ -230,7 +233,7 @@ pub enum Balance {
 }
 
 /// An upstream pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConf {
     /// Backends.
@@ -262,10 +265,39 @@ pub struct UpstreamConf {
     /// Upgraded connections (WebSockets) open to the pool at once; more get 503. 0: no limit.
     #[serde(default)]
     pub max_upgraded: usize,
+    /// Live re-resolution of server names (a Kubernetes headless Service, a DNS round robin).
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConf>,
+}
+
+/// How a pool finds its backends at run time.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConf {
+    /// Re-resolve server names through DNS (or a hosts file).
+    pub dns: DnsDiscoveryConf,
+}
+
+/// `discovery.dns`: every server name is resolved again each `interval`; every address it
+/// yields is a backend.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscoveryConf {
+    /// Between resolutions.
+    #[serde(default = "default_discovery_interval")]
+    pub interval: Dur,
+    /// Resolve from this `/etc/hosts`-format file (re-read each time) instead of the system
+    /// resolver: for static inventories and tests.
+    #[serde(default)]
+    pub hosts_file: Option<String>,
+}
+
+fn default_discovery_interval() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
 }
 
 /// Session affinity of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct AffinityConf {
     /// Socket.IO affinity: `true`, or `{ path: /my-custom-path/ }`.
@@ -274,6 +306,8 @@ pub struct AffinityConf {
     pub cookie: Option<CookieConf>,
     /// Key mixed into node tags, so tags cannot be predicted from addresses.
     pub secret: Option<String>,
+    /// File holding `secret` (a mounted Kubernetes Secret): trailing whitespace ignored.
+    pub secret_file: Option<String>,
     /// Capacity of the sid -> node table for untagged sids.
     pub max_sessions: usize,
 }
@@ -284,13 +318,14 @@ impl Default for AffinityConf {
             socketio: SocketIoSetting::Enabled(false),
             cookie: None,
             secret: None,
+            secret_file: None,
             max_sessions: 100_000,
         }
     }
 }
 
 /// `socketio: true | false | { path }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(untagged)]
 pub enum SocketIoSetting {
     /// On with the default path `/socket.io/`, or off.
@@ -300,7 +335,7 @@ pub enum SocketIoSetting {
 }
 
 /// Socket.IO affinity options.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct SocketIoConf {
     /// The Socket.IO path (the server's `path` option).
@@ -324,7 +359,7 @@ impl SocketIoSetting {
 }
 
 /// Sticky-cookie options.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct CookieConf {
     /// Cookie name.
@@ -359,7 +394,7 @@ fn default_retries() -> usize {
 }
 
 /// One backend of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConf {
     /// `IP:port` or `name:port`.
@@ -374,7 +409,7 @@ fn default_weight() -> u32 {
 }
 
 /// Active health check of a pool.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConf {
     /// HTTP check; absent means a TCP connect check.
@@ -402,7 +437,7 @@ impl Default for HealthCheckConf {
 }
 
 /// HTTP health check request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpCheckConf {
     /// Request path.
@@ -424,7 +459,7 @@ impl Default for HttpCheckConf {
 }
 
 /// Passive health checks.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveConf {
     /// Errors within `fail_timeout` that eject a backend; 0 disables.
@@ -556,6 +591,28 @@ fn default_redirect_status() -> u16 {
     302
 }
 
+/// `routes[].static`: files served from a directory, as nginx `root` with `index`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConf {
+    /// Directory served (relative paths are relative to the config file); the request path
+    /// (after `strip_prefix` / `rewrite`) is looked up under it.
+    pub root: String,
+    /// Files tried, in order, for a request naming a directory (default `index.html`).
+    #[serde(default = "default_index")]
+    pub index: Vec<String>,
+    /// Serve `FILE.br` / `FILE.gz` next to `FILE` to clients that accept that encoding.
+    #[serde(default)]
+    pub precompressed: bool,
+    /// `Cache-Control: max-age` sent with files; absent: no `Cache-Control`.
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+}
+
+fn default_index() -> Vec<String> {
+    vec!["index.html".into()]
+}
+
 /// A route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -591,6 +648,9 @@ pub struct RouteConf {
     /// Redirect.
     #[serde(default)]
     pub redirect: Option<RedirectConf>,
+    /// Static files from a directory (nginx `root`).
+    #[serde(default, rename = "static")]
+    pub static_files: Option<StaticConf>,
     /// Rules for the request sent upstream.
     #[serde(default)]
     pub request_headers: HeaderRulesConf,

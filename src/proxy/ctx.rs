@@ -13,8 +13,8 @@ pub struct Ctx {
     /// routed by, and sent upstream unless the route sets `raw_path`. `None` for the usual
     /// already-normal path, which costs no allocation.
     pub(crate) norm_path: Option<String>,
-    /// Index of the pool being proxied to.
-    pub(crate) pool: Option<usize>,
+    /// The snapshot of the pool being proxied to (kept for the whole request).
+    pub(crate) pool: Option<std::sync::Arc<crate::upstream::Pool>>,
     /// Index of the backend chosen last.
     pub(crate) backend: Option<usize>,
     /// Backends tried so far (bit per backend index < 64).

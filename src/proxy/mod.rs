@@ -9,6 +9,7 @@ pub mod limits;
 pub mod normalize;
 pub mod respond;
 pub mod router;
+pub mod static_files;
 
 use crate::affinity::Affinity;
 use crate::filter::Flow;
@@ -235,7 +236,7 @@ impl Gateway {
     }
 
     /// Accounts for sending the request to backend `idx` and returns its peer.
-    fn use_backend(&self, pool: &Arc<Pool>, idx: usize, ctx: &mut Ctx) -> Box<HttpPeer> {
+    fn use_backend(&self, pool: &Pool, idx: usize, ctx: &mut Ctx) -> Box<HttpPeer> {
         if idx < 64 {
             ctx.tried |= 1 << idx;
         }
@@ -247,8 +248,8 @@ impl Gateway {
         pool.backends[idx].peer(ctx.upgrade)
     }
 
-    fn affinity(&self, ctx: &Ctx) -> Option<(&Pool, &Affinity)> {
-        let pool = &self.rt.pools[ctx.pool?];
+    fn affinity<'a>(&self, ctx: &'a Ctx) -> Option<(&'a Pool, &'a Affinity)> {
+        let pool = ctx.pool.as_deref()?;
         Some((pool, pool.affinity.as_ref()?))
     }
 }
@@ -372,8 +373,11 @@ impl ProxyHttp for Gateway {
                         }
                     },
                 };
-                ctx.pool = Some(pool);
-                let p = &self.rt.pools[pool];
+                // The request keeps this snapshot of the pool, whatever discovery publishes.
+                ctx.pool = Some(self.rt.pools[pool].load());
+                let Some(p) = ctx.pool.as_deref() else {
+                    return Ok(false);
+                };
                 if let Some(aff) = &p.affinity {
                     let req = session.req_header();
                     let usable = |i: usize| p.backends[i].usable();
@@ -481,14 +485,25 @@ impl ProxyHttp for Gateway {
                 .await?;
                 Ok(true)
             }
+            Action::Static(files) => {
+                let req = session.req_header();
+                // Looked up by the normalised path after strip_prefix / rewrite.
+                let url_path = ctx.path(req).to_string();
+                let path = route.rewrite.apply(&url_path, None);
+                let path = path.as_deref().unwrap_or(&url_path);
+                files
+                    .serve(session, path, &url_path, &route.response_headers)
+                    .await?;
+                Ok(true)
+            }
         }
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(pool_idx) = ctx.pool else {
+        let Some(pool) = ctx.pool.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no pool selected");
         };
-        let pool = &self.rt.pools[pool_idx];
+        let pool = &*pool;
         // A sid pin holds for retries too: no other node knows the session (if the node is
         // gone, the connect fails and the client gets "Session ID unknown"). A cookie pin is a
         // preference: a retry is balanced.
@@ -614,22 +629,22 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.response_time = ctx.peer_at.map(|t| t.elapsed());
-        if let (Some(p), Some(t), true) = (ctx.pool, ctx.response_time, self.rt.metrics.on) {
-            self.rt.pools[p]
-                .stats
+        if let (Some(p), Some(t), true) = (&ctx.pool, ctx.response_time, self.rt.metrics.on) {
+            p.stats
                 .response_time
                 .observe(t.as_secs_f64());
         }
-        if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
-            self.rt.pools[p].report_success(b);
+        if let (Some(p), Some(b)) = (&ctx.pool, ctx.backend) {
+            p.report_success(b);
         }
+        let mut tag_body = false;
         if let (Some((_, aff)), Some(b)) = (self.affinity(ctx), ctx.backend) {
             let status = resp.status.as_u16();
             if ctx.pin.handshake && status == 200 {
                 if resp.headers.contains_key(header::CONTENT_ENCODING) {
                     log::debug!("Socket.IO handshake response is encoded: sid left untagged");
                 } else {
-                    ctx.tag_body = true;
+                    tag_body = true;
                 }
                 // engine.io's optional `io` cookie names the sid too.
                 for v in resp.headers.get_all(header::SET_COOKIE) {
@@ -646,6 +661,7 @@ impl ProxyHttp for Gateway {
             }
             ctx.check_unknown = status == 400 && ctx.pin.sid_key.is_some();
         }
+        ctx.tag_body |= tag_body;
         Ok(())
     }
 
@@ -776,8 +792,8 @@ impl ProxyHttp for Gateway {
     // bodies: compare with it on a Pingora upgrade.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if ctx.session_lost {
-            if let Some(p) = ctx.pool {
-                self.rt.pools[p].stats.session_unknown.fetch_add(1, Relaxed);
+            if let Some(p) = &ctx.pool {
+                p.stats.session_unknown.fetch_add(1, Relaxed);
             }
             // The node that owns this Socket.IO session is unreachable: tell the client, so
             // it reconnects through the gateway to a live node.
@@ -825,8 +841,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
-            let pool = &self.rt.pools[p];
+        if let (Some(pool), Some(b)) = (ctx.pool.clone(), ctx.backend) {
+            let pool = &*pool;
             if crate::upstream::is_local_resource_error(&e) {
                 // Out of descriptors (or memory, ports) here: not the backend's fault, and
                 // another backend would fail the same way.
@@ -870,8 +886,8 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         if e.esource() == &ErrorSource::Upstream {
-            if let (Some(p), Some(b)) = (ctx.pool, ctx.backend) {
-                self.rt.pools[p].report_failure(b);
+            if let (Some(p), Some(b)) = (&ctx.pool, ctx.backend) {
+                p.report_failure(b);
             }
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -892,14 +908,23 @@ impl ProxyHttp for Gateway {
 
     fn upgrade_detached(&self, session: &mut Session, ctx: &mut Ctx) -> DetachedTunnel {
         ctx.detached = true;
-        let idle = ctx.pool.map(|p| self.rt.pools[p].timeouts.idle);
+        let idle = ctx.pool.as_ref().map(|p| p.timeouts.idle);
         // The backend stays busy (least_conn) until the tunnel closes.
         let in_flight = ctx.in_flight.take();
         let slot = ctx.upgrade_slot.take();
-        if let (Some(p), Some(b), true) = (ctx.pool, ctx.backend, ctx.pin.by_sid) {
-            let stats = &self.rt.pools[p].backends[b].stats;
-            stats.sio_upgrades.fetch_add(1, Relaxed);
-        }
+        let websocket = match (&ctx.pool, ctx.backend) {
+            (Some(p), Some(b)) => {
+                if ctx.pin.by_sid {
+                    p.backends[b].stats.sio_upgrades.fetch_add(1, Relaxed);
+                }
+                // The session runs over this WebSocket now: the tunnel counts it.
+                if let (Some(a), Some(k)) = (&p.affinity, ctx.pin.sid_key) {
+                    a.table.mark_upgraded(k);
+                }
+                Some(p.open_websocket(b, ctx.pin.socketio))
+            }
+            _ => None,
+        };
         let line = log::log_enabled!(target: "access", log::Level::Info)
             .then(|| self.access_line(session, ctx));
         let start = ctx.start;
@@ -907,6 +932,7 @@ impl ProxyHttp for Gateway {
         DetachedTunnel {
             idle_timeout: idle,
             on_close: Some(Box::new(move |stats: &TunnelStats| {
+                drop(websocket);
                 drop(in_flight);
                 drop(slot);
                 rt.metrics.request(
@@ -930,9 +956,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let (Some(p), true) = (ctx.pool, ctx.attempts > 1) {
+        if let (Some(p), true) = (&ctx.pool, ctx.attempts > 1) {
             let retries = (ctx.attempts - 1) as u64;
-            self.rt.pools[p].stats.retries.fetch_add(retries, Relaxed);
+            p.stats.retries.fetch_add(retries, Relaxed);
         }
         if !ctx.detached {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -968,7 +994,7 @@ impl Gateway {
     /// The parts of an access-log line around the byte count and the total time:
     /// `client "request" status`, `route= upstream=` and `uct= urt=`.
     fn access_line(&self, session: &Session, ctx: &Ctx) -> (String, String, String) {
-        let pool = ctx.pool.map(|p| &self.rt.pools[p]);
+        let pool = ctx.pool.as_deref();
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let ms = |d: Option<Duration>| {

@@ -117,6 +117,8 @@ pub enum Action {
         /// Append the path after the prefix and the query.
         keep_path: bool,
     },
+    /// Files from a directory (`static:`).
+    Static(std::sync::Arc<crate::proxy::static_files::StaticFiles>),
 }
 
 /// A compiled route.
@@ -413,9 +415,21 @@ impl Router {
         filters: &Registry,
         issues: &mut Issues,
     ) -> Router {
+        Router::compile_in(confs, None, pool_index, filters, issues)
+    }
+
+    /// [`Router::compile`] for a config file in `base_dir`, against which relative
+    /// `static.root` directories are resolved.
+    pub fn compile_in(
+        confs: &[RouteConf],
+        base_dir: Option<&std::path::Path>,
+        pool_index: &HashMap<String, usize>,
+        filters: &Registry,
+        issues: &mut Issues,
+    ) -> Router {
         let mut routes = Vec::with_capacity(confs.len());
         for (i, rc) in confs.iter().enumerate() {
-            if let Some(r) = compile_route(i, rc, pool_index, filters, issues) {
+            if let Some(r) = compile_route(i, rc, base_dir, pool_index, filters, issues) {
                 routes.push(r);
             }
         }
@@ -517,6 +531,7 @@ impl Router {
 fn compile_route(
     i: usize,
     rc: &RouteConf,
+    base_dir: Option<&std::path::Path>,
     pool_index: &HashMap<String, usize>,
     registry: &Registry,
     issues: &mut Issues,
@@ -580,16 +595,26 @@ fn compile_route(
         _ => None,
     };
 
-    let actions =
-        rc.upstream.is_some() as u8 + rc.respond.is_some() as u8 + rc.redirect.is_some() as u8;
+    let actions = rc.upstream.is_some() as u8
+        + rc.respond.is_some() as u8
+        + rc.redirect.is_some() as u8
+        + rc.static_files.is_some() as u8;
     if actions != 1 {
         issues.error(
             at.clone(),
-            "needs exactly one of upstream, respond, redirect",
+            "needs exactly one of upstream, respond, redirect, static",
         );
         return None;
     }
-    let action = if let Some(u) = &rc.upstream {
+    let action = if let Some(sc) = &rc.static_files {
+        let sf = crate::proxy::static_files::StaticFiles::compile(
+            sc,
+            base_dir,
+            &format!("{at}.static"),
+            issues,
+        )?;
+        Action::Static(std::sync::Arc::new(sf))
+    } else if let Some(u) = &rc.upstream {
         match pool_index.get(u) {
             Some(&pool) => Action::Proxy { pool },
             None => {
@@ -656,6 +681,8 @@ fn compile_route(
     };
 
     let is_proxy = matches!(action, Action::Proxy { .. });
+    // Static files are looked up by the path after strip_prefix / rewrite (nginx `alias`).
+    let rewrites = is_proxy || matches!(action, Action::Static(_));
     let rewrite = match (rc.strip_prefix, &rc.rewrite) {
         (true, Some(_)) => {
             issues.error(
@@ -665,7 +692,7 @@ fn compile_route(
             Rewrite::None
         }
         (false, None) => Rewrite::None,
-        _ if !is_proxy => {
+        _ if !rewrites => {
             issues.error(
                 format!(
                     "{at}.{}",
@@ -675,7 +702,7 @@ fn compile_route(
                         "rewrite"
                     }
                 ),
-                "only applies to routes with an upstream",
+                "only applies to routes with an upstream or static files",
             );
             Rewrite::None
         }

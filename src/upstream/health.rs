@@ -1,9 +1,11 @@
-//! Active health checks: one Pingora background service per pool runs Pingora's TCP or HTTP
-//! check against every backend each interval and flips the backend after `fails` consecutive
-//! failures or `passes` consecutive successes. The first round runs before the service
-//! reports ready, so a new process (binary upgrade) starts with primed health.
+//! A pool's keeper: one Pingora background service per pool that runs Pingora's TCP or HTTP
+//! check against every backend each interval (flipping a backend after `fails` consecutive
+//! failures or `passes` consecutive successes) and, with `discovery`, re-resolves the
+//! server names and publishes new snapshots. The first round runs before the service reports
+//! ready, so a new process (binary upgrade) starts with primed health.
 
-use super::{HealthCheckSettings, Pool};
+use super::{discovery, Backend, CheckResult, HealthCheckSettings, Pool, PoolHandle};
+use crate::config::DnsDiscoveryConf;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -11,61 +13,92 @@ use pingora_core::services::ServiceReadyNotifier;
 use pingora_http::ResponseHeader;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::Backend as LbBackend;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// The health-check background service of one pool.
+/// The keeper service of one pool (health checks and discovery).
 pub struct HealthChecker {
-    pool: Arc<Pool>,
-    settings: HealthCheckSettings,
-    check: Box<dyn HealthCheck + Send + Sync>,
-    targets: Vec<LbBackend>,
+    handle: Arc<PoolHandle>,
+    checks: Option<(HealthCheckSettings, Box<dyn HealthCheck + Send + Sync>)>,
+    discovery: Option<DnsDiscoveryConf>,
+}
+
+fn make_check(pool: &Pool, settings: &HealthCheckSettings) -> Box<dyn HealthCheck + Send + Sync> {
+    match &settings.http {
+        None => {
+            let mut c = match &pool.tls {
+                Some(t) => TcpHealthCheck::new_tls(&t.sni.clone().unwrap_or_default()),
+                None => TcpHealthCheck::new(),
+            };
+            c.peer_template.options.connection_timeout = Some(settings.timeout);
+            if let Some(t) = &pool.tls {
+                t.apply(&mut c.peer_template.options);
+            }
+            c
+        }
+        Some((path, status, host)) => {
+            let mut c = HttpHealthCheck::new(host, pool.tls.is_some());
+            if let Some(t) = &pool.tls {
+                c.peer_template.sni = t.sni.clone().unwrap_or_else(|| host.clone());
+                t.apply(&mut c.peer_template.options);
+            }
+            c.req.set_uri(
+                http::Uri::try_from(path.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
+            );
+            c.peer_template.options.connection_timeout = Some(settings.timeout);
+            c.peer_template.options.read_timeout = Some(settings.timeout);
+            c.peer_template.options.total_connection_timeout = Some(settings.timeout);
+            let want = *status;
+            c.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                if resp.status.as_u16() == want {
+                    Ok(())
+                } else {
+                    pingora_core::Error::e_explain(
+                        pingora_core::ErrorType::Custom("unexpected status"),
+                        format!("status {} (want {want})", resp.status.as_u16()),
+                    )
+                }
+            }));
+            Box::new(c)
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl HealthChecker {
-    /// A checker for `pool`, or `None` when the pool has no active checks.
-    pub fn new(pool: Arc<Pool>) -> Option<HealthChecker> {
-        let settings = pool.health_check.clone()?;
-        let check: Box<dyn HealthCheck + Send + Sync> = match &settings.http {
-            None => {
-                let mut c = match &pool.tls {
-                    Some(t) => TcpHealthCheck::new_tls(&t.sni.clone().unwrap_or_default()),
-                    None => TcpHealthCheck::new(),
-                };
-                c.peer_template.options.connection_timeout = Some(settings.timeout);
-                if let Some(t) = &pool.tls {
-                    t.apply(&mut c.peer_template.options);
-                }
-                c
-            }
-            Some((path, status, host)) => {
-                let mut c = HttpHealthCheck::new(host, pool.tls.is_some());
-                if let Some(t) = &pool.tls {
-                    c.peer_template.sni = t.sni.clone().unwrap_or_else(|| host.clone());
-                    t.apply(&mut c.peer_template.options);
-                }
-                c.req.set_uri(
-                    http::Uri::try_from(path.as_str())
-                        .unwrap_or_else(|_| http::Uri::from_static("/")),
-                );
-                c.peer_template.options.connection_timeout = Some(settings.timeout);
-                c.peer_template.options.read_timeout = Some(settings.timeout);
-                c.peer_template.options.total_connection_timeout = Some(settings.timeout);
-                let want = *status;
-                c.validator = Some(Box::new(move |resp: &ResponseHeader| {
-                    if resp.status.as_u16() == want {
-                        Ok(())
-                    } else {
-                        pingora_core::Error::e_explain(
-                            pingora_core::ErrorType::Custom("unexpected status"),
-                            format!("status {} (want {want})", resp.status.as_u16()),
-                        )
-                    }
-                }));
-                Box::new(c)
-            }
+    /// A keeper for the pool behind `handle`, or `None` when it has neither active checks
+    /// nor discovery.
+    pub fn new(handle: Arc<PoolHandle>) -> Option<HealthChecker> {
+        let pool = handle.load();
+        let checks = pool.health_check.clone().map(|s| {
+            let c = make_check(&pool, &s);
+            (s, c)
+        });
+        let discovery = pool.discovery.clone();
+        if checks.is_none() && discovery.is_none() {
+            return None;
+        }
+        Some(HealthChecker {
+            handle,
+            checks,
+            discovery,
+        })
+    }
+
+    /// Checks every backend of the current snapshot once; returns the backends that failed.
+    async fn round(&self) -> Vec<Arc<Backend>> {
+        let Some((settings, check)) = &self.checks else {
+            return Vec::new();
         };
-        let targets = pool
+        let pool = self.handle.load();
+        let targets: Vec<LbBackend> = pool
             .backends
             .iter()
             .map(|b| LbBackend {
@@ -74,72 +107,92 @@ impl HealthChecker {
                 ext: Default::default(),
             })
             .collect();
-        Some(HealthChecker {
-            pool,
-            settings,
-            check,
-            targets,
-        })
-    }
-
-    async fn round(&self, streaks: &mut [(u32, u32)]) {
-        let checks = self
-            .targets
-            .iter()
-            .map(|t| tokio::time::timeout(self.settings.timeout, self.check.check(t)));
+        let checks = targets.iter().map(|t| async move {
+            let start = Instant::now();
+            let r = tokio::time::timeout(settings.timeout, check.check(t)).await;
+            (r, start.elapsed())
+        });
         let results = futures_join_all(checks).await;
-        for (i, res) in results.into_iter().enumerate() {
-            let b = &self.pool.backends[i];
+        let mut failed = Vec::new();
+        for (b, (res, took)) in pool.backends.iter().zip(results) {
             let err = match res {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) if super::is_local_resource_error(&e) => {
                     // Our own shortage says nothing about the backend: no verdict this round.
-                    log::warn!(
-                        "upstream {} backend {} not checked: {e}",
-                        self.pool.name,
-                        b.addr
-                    );
+                    log::warn!("upstream {} backend {} not checked: {e}", pool.name, b.addr);
                     continue;
                 }
                 Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("timed out after {:?}", self.settings.timeout)),
+                Err(_) => Some(format!("timed out after {:?}", settings.timeout)),
             };
-            let (ok_streak, fail_streak) = &mut streaks[i];
+            b.record_check(CheckResult {
+                at: unix_now(),
+                ok: err.is_none(),
+                ms: took.as_secs_f64() * 1000.0,
+                error: err.clone(),
+            });
             match err {
                 None => {
-                    *ok_streak += 1;
-                    *fail_streak = 0;
-                    if !b.active_up.load(Relaxed) && *ok_streak >= self.settings.passes {
+                    let oks = b.ok_streak.fetch_add(1, Relaxed) + 1;
+                    b.fail_streak.store(0, Relaxed);
+                    if !b.active_up.load(Relaxed) && oks >= settings.passes {
                         b.active_up.store(true, Relaxed);
                         // Verified healthy again: lift any passive ejection from its outage.
                         b.clear_ejection();
-                        log::warn!(
-                            "upstream {} backend {} is healthy again",
-                            self.pool.name,
-                            b.addr
-                        );
+                        log::warn!("upstream {} backend {} is healthy", pool.name, b.addr);
                     }
                 }
                 Some(e) => {
                     b.stats.check_failures.fetch_add(1, Relaxed);
-                    *fail_streak += 1;
-                    *ok_streak = 0;
-                    if b.active_up.load(Relaxed) && *fail_streak >= self.settings.fails {
+                    let fails = b.fail_streak.fetch_add(1, Relaxed) + 1;
+                    b.ok_streak.store(0, Relaxed);
+                    failed.push(b.clone());
+                    if b.active_up.load(Relaxed) && fails >= settings.fails {
                         b.active_up.store(false, Relaxed);
-                        log::warn!(
-                            "upstream {} backend {} marked down: {e}",
-                            self.pool.name,
-                            b.addr
-                        );
+                        log::warn!("upstream {} backend {} marked down: {e}", pool.name, b.addr);
                     } else {
                         log::debug!(
                             "upstream {} backend {} check failed: {e}",
-                            self.pool.name,
+                            pool.name,
                             b.addr
                         );
                     }
                 }
             }
+        }
+        failed
+    }
+
+    /// Re-resolves the server names; publishes a new snapshot when the set changed. A name
+    /// that fails to resolve keeps its previous addresses (a DNS outage must not empty the
+    /// pool). Returns whether a new snapshot went out.
+    async fn rediscover(&self, d: &DnsDiscoveryConf) -> bool {
+        let pool = self.handle.load();
+        let mut resolved: Vec<Vec<SocketAddr>> = Vec::new();
+        for address in pool.server_addresses() {
+            match discovery::resolve(address.to_string(), d.clone()).await {
+                Ok(v) => resolved.push(v),
+                Err(e) => {
+                    log::warn!(
+                        "upstream {} discovery: {e}; keeping its addresses",
+                        pool.name
+                    );
+                    resolved.push(
+                        pool.backends
+                            .iter()
+                            .filter(|b| b.configured == address && !b.removed.load(Relaxed))
+                            .map(|b| b.addr)
+                            .collect(),
+                    );
+                }
+            }
+        }
+        match pool.rediscovered(&resolved) {
+            Some(p) => {
+                self.handle.store(p);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -179,25 +232,39 @@ impl BackgroundService for HealthChecker {
     ) {
         // Backends start up; a first round before "ready" primes their state. A first-round
         // failure counts fully, so a backend that is down at start is not sent traffic.
-        let mut streaks = vec![(0u32, 0u32); self.targets.len()];
-        self.round(&mut streaks).await;
-        for (i, (_, fails)) in streaks.iter().enumerate() {
-            let b = &self.pool.backends[i];
-            if *fails > 0 && b.active_up.swap(false, Relaxed) {
+        for b in self.round().await {
+            if b.active_up.swap(false, Relaxed) {
                 log::warn!(
                     "upstream {} backend {} is down at start",
-                    self.pool.name,
+                    self.handle.name,
                     b.addr
                 );
             }
         }
         ready.notify_ready();
-        let mut tick = tokio::time::interval(self.settings.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let never = Duration::from_secs(365 * 24 * 3600);
+        let every = |d: Option<Duration>| {
+            let mut t = tokio::time::interval(d.unwrap_or(never));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let mut check_tick = every(self.checks.as_ref().map(|(s, _)| s.interval));
+        let mut dns_tick = every(self.discovery.as_ref().map(|d| d.interval.0));
+        check_tick.tick().await;
+        dns_tick.tick().await;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.round(&mut streaks).await,
+                _ = check_tick.tick() => {
+                    self.round().await;
+                }
+                _ = dns_tick.tick() => {
+                    // New backends are checked before they get traffic.
+                    if let Some(d) = &self.discovery {
+                        if self.rediscover(d).await {
+                            self.round().await;
+                        }
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }

@@ -2,19 +2,29 @@
 //! counts), the balancing algorithms, and the peer options each request is sent with.
 //! Selection is lock-free: a few atomics per backend, no allocation.
 
+mod discovery;
 mod health;
 mod select;
 
 pub use health::HealthChecker;
 
 use crate::affinity::Affinity;
-use crate::config::{Balance, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf};
+use crate::config::{
+    Balance, DnsDiscoveryConf, Dur, HealthCheckConf, Issues, TimeoutsConf, UpstreamConf,
+};
+use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 use pingora_core::upstreams::peer::HttpPeer;
+use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Health-check results kept per backend for `/status` and the dashboard.
+const CHECK_HISTORY: usize = 10;
+/// Most backends a pool grows to by discovery (addresses that went away included).
+const MAX_BACKENDS: usize = 1024;
 
 static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
 
@@ -80,6 +90,29 @@ pub struct Backend {
     /// Draining (admin API): no new sessions or balanced requests, but requests of its
     /// existing sessions (sid tag, sid table, sticky cookie) still reach it.
     pub draining: AtomicBool,
+    /// Gone from discovery: drains like `draining` until its sessions end or it goes down.
+    pub removed: AtomicBool,
+    /// Upgraded connections (WebSockets) open to it now.
+    pub websockets: AtomicUsize,
+    /// Of those, Socket.IO sessions (counted as live sessions).
+    pub sio_websockets: AtomicUsize,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    /// The most recent active health-check results, oldest first.
+    pub checks: Mutex<VecDeque<CheckResult>>,
+}
+
+/// One active health-check result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckResult {
+    /// Unix time in seconds.
+    pub at: f64,
+    /// Passed.
+    pub ok: bool,
+    /// Duration in milliseconds.
+    pub ms: f64,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// Counters of a backend exported as metrics.
@@ -111,13 +144,42 @@ impl Backend {
         self.active_up.load(Relaxed) && self.ejected_until.load(Relaxed) <= now_ms()
     }
 
-    /// `up`, `draining` or `down` (failed checks or ejected), for `/status`.
+    /// Whether balancing and new sessions may choose it (usable, neither draining nor
+    /// removed by discovery); requests of its existing sessions only need [`Self::usable`].
+    #[inline]
+    pub fn takes_new(&self) -> bool {
+        self.usable() && !self.draining.load(Relaxed) && !self.removed.load(Relaxed)
+    }
+
+    /// `up`, `draining`, `removed` (by discovery), `ejected` (passive) or `down` (active
+    /// checks), for `/status`.
     pub fn state(&self) -> &'static str {
-        match (self.usable(), self.draining.load(Relaxed)) {
-            (false, _) => "down",
-            (true, true) => "draining",
-            (true, false) => "up",
+        if !self.active_up() {
+            "down"
+        } else if self.ejected() {
+            "ejected"
+        } else if self.removed.load(Relaxed) {
+            "removed"
+        } else if self.draining.load(Relaxed) {
+            "draining"
+        } else {
+            "up"
         }
+    }
+
+    /// The recent health-check results, oldest first.
+    pub fn recent_checks(&self) -> Vec<CheckResult> {
+        let c = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        c.iter().cloned().collect()
+    }
+
+    /// Records an active health-check result.
+    pub(crate) fn record_check(&self, r: CheckResult) {
+        let mut c = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= CHECK_HISTORY {
+            c.pop_front();
+        }
+        c.push_back(r);
     }
 
     /// Whether active checks say the backend is up.
@@ -146,13 +208,16 @@ impl Backend {
     }
 }
 
-/// A pool of backends.
+/// A pool of backends: one immutable snapshot. Discovery publishes a new snapshot through
+/// [`PoolHandle`]; backends, counters and the sid table are shared between snapshots, and a
+/// backend keeps its index for the life of the process (new addresses are appended), so a
+/// request holding an older snapshot and the sid table stay right.
 #[derive(Debug)]
 pub struct Pool {
     /// Pool name from the config.
     pub name: String,
-    /// Backends, in config order.
-    pub backends: Vec<Backend>,
+    /// Backends, in config order, then in order of discovery.
+    pub backends: Vec<Arc<Backend>>,
     /// Balancing algorithm.
     pub balance: Balance,
     /// Key for `consistent_hash`.
@@ -173,25 +238,77 @@ pub struct Pool {
     wheel: Vec<u16>,
     rr: AtomicUsize,
     /// Upgraded connections open now, against `max_upgraded` (0: no limit).
-    upgraded: AtomicUsize,
+    upgraded: Arc<AtomicUsize>,
     max_upgraded: usize,
     /// Counters only exported as metrics.
-    pub stats: PoolStats,
+    pub stats: Arc<PoolStats>,
+    /// Live re-resolution of server names, when configured.
+    pub discovery: Option<DnsDiscoveryConf>,
+    /// What a new snapshot is built from.
+    source: Arc<PoolSource>,
+}
+
+/// The config a pool's snapshots are built from (with its secret read).
+#[derive(Debug)]
+struct PoolSource {
+    conf: UpstreamConf,
+    secret: String,
+}
+
+/// The current snapshot of a pool, replaced by discovery without stopping traffic.
+#[derive(Debug)]
+pub struct PoolHandle {
+    /// Pool name from the config.
+    pub name: String,
+    current: ArcSwap<Pool>,
+}
+
+impl PoolHandle {
+    /// A handle publishing `pool`.
+    pub fn new(pool: Pool) -> PoolHandle {
+        PoolHandle {
+            name: pool.name.clone(),
+            current: ArcSwap::from_pointee(pool),
+        }
+    }
+
+    /// The current snapshot: a request keeps the one it started with.
+    #[inline]
+    pub fn load(&self) -> Arc<Pool> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new snapshot.
+    pub(crate) fn store(&self, pool: Pool) {
+        self.current.store(Arc::new(pool));
+    }
 }
 
 /// A request's (or an open WebSocket's) place in a backend's in-flight count, which
 /// `least_conn` balances on: given back when dropped, on every path (retry, error, tunnel close).
 #[derive(Debug)]
-pub struct InFlight {
-    pool: Arc<Pool>,
-    backend: usize,
-}
+pub struct InFlight(Arc<Backend>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.pool.backends[self.backend]
-            .in_flight
-            .fetch_sub(1, Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// An open upgraded connection in its backend's WebSocket (and Socket.IO session) count,
+/// given back when the tunnel closes.
+#[derive(Debug)]
+pub struct OpenWebSocket {
+    backend: Arc<Backend>,
+    socketio: bool,
+}
+
+impl Drop for OpenWebSocket {
+    fn drop(&mut self) {
+        self.backend.websockets.fetch_sub(1, Relaxed);
+        if self.socketio {
+            self.backend.sio_websockets.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -224,11 +341,11 @@ impl From<&TimeoutsConf> for Timeouts {
 
 /// An upgraded connection's place in its pool's `max_upgraded`, given back when dropped.
 #[derive(Debug)]
-pub struct UpgradeSlot(Arc<Pool>);
+pub struct UpgradeSlot(Arc<AtomicUsize>);
 
 impl Drop for UpgradeSlot {
     fn drop(&mut self) {
-        self.0.upgraded.fetch_sub(1, Relaxed);
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -331,29 +448,68 @@ fn check_duration(d: Dur, at: String, issues: &mut Issues) {
     }
 }
 
+impl Backend {
+    /// A backend at `addr` (of server entry `configured`), tagged for pool `pool`.
+    fn new(
+        pool: &str,
+        addr: SocketAddr,
+        configured: &str,
+        c: &UpstreamConf,
+        weight: u32,
+        secret: &str,
+        tls: Option<&UpstreamTls>,
+        active_up: bool,
+    ) -> Backend {
+        Backend {
+            addr,
+            configured: configured.to_string(),
+            weight: weight.clamp(1, 1000),
+            tag: crate::affinity::make_tag(pool, &addr, secret),
+            peer_http: base_peer(addr, configured, &c.timeouts, c.timeouts.read, tls),
+            peer_upgrade: base_peer(addr, configured, &c.timeouts, c.timeouts.idle, tls),
+            active_up: AtomicBool::new(active_up),
+            ejected_until: AtomicU64::new(0),
+            fails: AtomicU32::new(0),
+            window_start: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stats: BackendStats::default(),
+            draining: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            websockets: AtomicUsize::new(0),
+            sio_websockets: AtomicUsize::new(0),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            checks: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
 impl Pool {
     /// Builds a plain-HTTP pool from its config, resolving names; problems go to `issues`.
     pub fn compile(name: &str, c: &UpstreamConf, issues: &mut Issues) -> Pool {
-        Pool::compile_with_tls(name, c, None, issues)
+        Pool::compile_with_tls(name, c, None, "", issues)
     }
 
-    /// Builds a pool whose backends speak `tls` when given.
+    /// Builds a pool whose backends speak `tls` when given; `secret` keys the node tags.
+    /// With discovery, a name that does not resolve yet is only a warning.
     pub fn compile_with_tls(
         name: &str,
         c: &UpstreamConf,
         tls: Option<UpstreamTls>,
+        secret: &str,
         issues: &mut Issues,
     ) -> Pool {
         let at = format!("upstreams.{name}");
         if c.servers.is_empty() {
             issues.error(format!("{at}.servers"), "needs at least one server");
         }
-        let mut backends: Vec<Backend> = Vec::new();
-        let secret = c
-            .affinity
-            .as_ref()
-            .and_then(|a| a.secret.as_deref())
-            .unwrap_or("");
+        let discovery = c.discovery.as_ref().map(|d| &d.dns);
+        if let Some(d) = discovery {
+            check_duration(d.interval, format!("{at}.discovery.dns.interval"), issues);
+        }
+        let mut resolved = Vec::with_capacity(c.servers.len());
         for (i, s) in c.servers.iter().enumerate() {
             let key = format!("{at}.servers[{i}]");
             if s.weight == 0 || s.weight > 1000 {
@@ -362,47 +518,126 @@ impl Pool {
                     format!("must be 1..=1000, got {}", s.weight),
                 );
             }
-            for addr in resolve(&s.address, &format!("{key}.address"), issues) {
+            let at = format!("{key}.address");
+            let addrs = match (discovery, discovery::split_host_port(&s.address)) {
+                (_, Err(e)) => {
+                    issues.error(at, e);
+                    Vec::new()
+                }
+                (Some(d), Ok(_)) => match discovery::resolve_blocking(&s.address, d) {
+                    Ok(v) if v.is_empty() => {
+                        let msg = format!(
+                            "\"{}\" resolves to no address yet; discovery retries every interval",
+                            s.address
+                        );
+                        issues.warn(at, msg);
+                        v
+                    }
+                    Ok(v) => v,
+                    Err(e) => {
+                        issues.warn(at, format!("{e}; discovery retries every interval"));
+                        Vec::new()
+                    }
+                },
+                (None, Ok(_)) => resolve(&s.address, &at, issues),
+            };
+            resolved.push(addrs);
+        }
+        let source = Arc::new(PoolSource {
+            conf: c.clone(),
+            secret: secret.to_string(),
+        });
+        Pool::build(name, source, tls, &resolved, None, issues)
+    }
+
+    /// A new snapshot of this pool for the addresses `resolved` (per server entry):
+    /// backends that stay keep their state and index, new ones are appended (down until a
+    /// health check passes, if the pool has checks), missing ones are marked removed.
+    /// `None` when nothing changed.
+    pub(crate) fn rediscovered(&self, resolved: &[Vec<SocketAddr>]) -> Option<Pool> {
+        let wanted: Vec<SocketAddr> = resolved.iter().flatten().copied().collect();
+        let unchanged = self
+            .backends
+            .iter()
+            .all(|b| wanted.contains(&b.addr) != b.removed.load(Relaxed))
+            && wanted
+                .iter()
+                .all(|a| self.backends.iter().any(|b| b.addr == *a));
+        if unchanged {
+            return None;
+        }
+        let mut issues = Issues::default();
+        let p = Pool::build(
+            &self.name,
+            self.source.clone(),
+            self.tls.clone(),
+            resolved,
+            Some(self),
+            &mut issues,
+        );
+        for i in issues.errors.iter().chain(issues.warnings.iter()) {
+            log::warn!("upstream {} discovery: {i}", self.name);
+        }
+        Some(p)
+    }
+
+    fn build(
+        name: &str,
+        source: Arc<PoolSource>,
+        tls: Option<UpstreamTls>,
+        resolved: &[Vec<SocketAddr>],
+        prev: Option<&Pool>,
+        issues: &mut Issues,
+    ) -> Pool {
+        let c = &source.conf;
+        let at = format!("upstreams.{name}");
+        let mut backends: Vec<Arc<Backend>> = prev.map(|p| p.backends.clone()).unwrap_or_default();
+        for b in &backends {
+            let stays = resolved.iter().flatten().any(|a| *a == b.addr);
+            if b.removed.swap(!stays, Relaxed) == stays {
+                log::warn!(
+                    "upstream {name} backend {}: {} by discovery",
+                    b.addr,
+                    if stays { "back" } else { "removed (draining)" }
+                );
+            }
+        }
+        for (i, (s, addrs)) in c.servers.iter().zip(resolved).enumerate() {
+            for &addr in addrs {
                 if backends.iter().any(|b| b.addr == addr) {
-                    issues.error(
-                        format!("{key}.address"),
-                        format!("duplicate backend {addr}"),
+                    if prev.is_none() {
+                        let msg = format!("duplicate backend {addr}");
+                        let key = format!("{at}.servers[{i}].address");
+                        match c.discovery {
+                            None => issues.error(key, msg),
+                            Some(_) => issues.warn(key, msg),
+                        }
+                    }
+                    continue;
+                }
+                if backends.len() >= MAX_BACKENDS {
+                    issues.warn(
+                        format!("{at}.servers"),
+                        format!("more than {MAX_BACKENDS} backends: {addr} left out"),
                     );
                     continue;
                 }
-                backends.push(Backend {
+                // A backend found later waits for a passing health check before traffic.
+                let up = prev.is_none() || c.health_check.is_none();
+                if prev.is_some() {
+                    log::warn!("upstream {name} backend {addr}: added by discovery");
+                }
+                backends.push(Arc::new(Backend::new(
+                    name,
                     addr,
-                    configured: s.address.clone(),
-                    weight: s.weight.clamp(1, 1000),
-                    tag: crate::affinity::make_tag(name, &addr, secret),
-                    peer_http: base_peer(
-                        addr,
-                        &s.address,
-                        &c.timeouts,
-                        c.timeouts.read,
-                        tls.as_ref(),
-                    ),
-                    peer_upgrade: base_peer(
-                        addr,
-                        &s.address,
-                        &c.timeouts,
-                        c.timeouts.idle,
-                        tls.as_ref(),
-                    ),
-                    active_up: AtomicBool::new(true),
-                    ejected_until: AtomicU64::new(0),
-                    fails: AtomicU32::new(0),
-                    window_start: AtomicU64::new(0),
-                    in_flight: AtomicUsize::new(0),
-                    requests: AtomicU64::new(0),
-                    errors: AtomicU64::new(0),
-                    stats: BackendStats::default(),
-                    draining: AtomicBool::new(false),
-                });
+                    &s.address,
+                    c,
+                    s.weight,
+                    &source.secret,
+                    tls.as_ref(),
+                    up,
+                )));
             }
-        }
-        if backends.len() > u16::MAX as usize {
-            issues.error(format!("{at}.servers"), "too many servers");
         }
         let hash_key = parse_hash_key(&c.hash_key).unwrap_or_else(|e| {
             issues.error(format!("{at}.hash_key"), e);
@@ -429,10 +664,14 @@ impl Pool {
             .health_check
             .as_ref()
             .map(|h| health_settings(h, &format!("{at}.health_check"), issues));
-        let affinity = c.affinity.as_ref().and_then(|a| {
+        let mut affinity = c.affinity.as_ref().and_then(|a| {
             let tags: Vec<&str> = backends.iter().map(|b| b.tag.as_str()).collect();
             crate::affinity::compile(a, &tags, &format!("{at}.affinity"), issues)
         });
+        // The sid table outlives snapshots: its entries name backends by index.
+        if let (Some(a), Some(old)) = (&mut affinity, prev.and_then(|p| p.affinity.as_ref())) {
+            a.table = old.table.clone();
+        }
         let wheel = select::smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
         Pool {
             name: name.to_string(),
@@ -447,34 +686,70 @@ impl Pool {
             max_fails: c.passive.max_fails,
             fail_timeout_ms: c.passive.fail_timeout.0.as_millis() as u64,
             wheel,
-            rr: AtomicUsize::new(0),
-            upgraded: AtomicUsize::new(0),
+            rr: AtomicUsize::new(prev.map_or(0, |p| p.rr.load(Relaxed))),
+            upgraded: prev.map_or_else(Default::default, |p| p.upgraded.clone()),
             max_upgraded: c.max_upgraded,
-            stats: PoolStats {
-                retries: AtomicU64::new(0),
-                session_unknown: AtomicU64::new(0),
-                response_time: crate::metrics::response_time(name),
-            },
+            stats: prev.map_or_else(
+                || {
+                    Arc::new(PoolStats {
+                        retries: AtomicU64::new(0),
+                        session_unknown: AtomicU64::new(0),
+                        response_time: crate::metrics::response_time(name),
+                    })
+                },
+                |p| p.stats.clone(),
+            ),
+            discovery: c.discovery.as_ref().map(|d| d.dns.clone()),
+            source,
         }
+    }
+
+    /// The server entries' addresses, for discovery to resolve.
+    pub(crate) fn server_addresses(&self) -> impl Iterator<Item = &str> {
+        self.source.conf.servers.iter().map(|s| s.address.as_str())
     }
 
     /// A place for one more upgraded connection, or `None` when `max_upgraded` are open.
     /// Pools without a limit only count.
-    pub fn upgrade_slot(self: &Arc<Self>) -> Option<UpgradeSlot> {
+    pub fn upgrade_slot(&self) -> Option<UpgradeSlot> {
         let open = self.upgraded.fetch_add(1, Relaxed);
-        let slot = UpgradeSlot(self.clone());
+        let slot = UpgradeSlot(self.upgraded.clone());
         (self.max_upgraded == 0 || open < self.max_upgraded).then_some(slot)
     }
 
     /// Counts a request sent to backend `idx` (requests, in flight until the guard drops).
-    pub fn begin_request(self: &Arc<Self>, idx: usize) -> InFlight {
+    pub fn begin_request(&self, idx: usize) -> InFlight {
         let b = &self.backends[idx];
         b.in_flight.fetch_add(1, Relaxed);
         b.requests.fetch_add(1, Relaxed);
-        InFlight {
-            pool: self.clone(),
-            backend: idx,
+        InFlight(b.clone())
+    }
+
+    /// Counts an upgraded connection to backend `idx` (a Socket.IO session if `socketio`)
+    /// until the guard drops with the tunnel.
+    pub fn open_websocket(&self, idx: usize, socketio: bool) -> OpenWebSocket {
+        let b = &self.backends[idx];
+        b.websockets.fetch_add(1, Relaxed);
+        if socketio {
+            b.sio_websockets.fetch_add(1, Relaxed);
         }
+        OpenWebSocket {
+            backend: b.clone(),
+            socketio,
+        }
+    }
+
+    /// Live Socket.IO sessions per backend (open Socket.IO WebSockets plus polling sessions
+    /// seen within their heartbeat); walks the sid table: for `/status` and `/metrics`.
+    pub fn live_sessions(&self) -> Vec<usize> {
+        let mut n = match &self.affinity {
+            Some(a) => a.table.live_polling(self.backends.len(), now_ms()),
+            None => vec![0; self.backends.len()],
+        };
+        for (k, b) in n.iter_mut().zip(&self.backends) {
+            *k += b.sio_websockets.load(Relaxed);
+        }
+        n
     }
 
     /// Upgraded connections (WebSockets) open to this pool now.
@@ -485,18 +760,23 @@ impl Pool {
     /// Picks a usable backend not in `exclude` (a bitmask of backend indices < 64).
     /// `key` is the consistent-hash key, when the pool hashes and the request has one.
     pub fn select(&self, key: Option<&[u8]>, exclude: u64) -> Option<usize> {
-        let ok = |i: usize| {
-            (i >= 64 || exclude & (1 << i) == 0)
-                && self.backends[i].usable()
-                && !self.backends[i].draining.load(Relaxed)
-        };
+        let ok = |i: usize| (i >= 64 || exclude & (1 << i) == 0) && self.backends[i].takes_new();
         match (self.balance, key) {
             (Balance::ConsistentHash, Some(k)) => select::rendezvous(&self.backends, k, ok),
             (Balance::LeastConn, _) => {
                 select::least_conn(&self.backends, self.rr.fetch_add(1, Relaxed), ok)
             }
             (Balance::Random, _) => select::scan_wheel(&self.wheel, select::fast_random(), ok),
-            _ => select::scan_wheel(&self.wheel, self.rr.fetch_add(1, Relaxed), ok),
+            _ => {
+                // A skipped backend's turn goes to the next turn, not to its neighbour on
+                // the wheel: with one node draining or down the others share evenly.
+                let n = self.wheel.len();
+                (0..n)
+                    .map(|_| self.wheel[self.rr.fetch_add(1, Relaxed) % n] as usize)
+                    .find(|&i| ok(i))
+                    // Other threads took the turns in between: any acceptable one.
+                    .or_else(|| select::scan_wheel(&self.wheel, 0, ok))
+            }
         }
     }
 

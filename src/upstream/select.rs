@@ -40,7 +40,7 @@ pub fn scan_wheel(wheel: &[u16], start: usize, ok: impl Fn(usize) -> bool) -> Op
 
 /// The acceptable backend with the fewest in-flight requests per weight; ties rotate.
 pub fn least_conn(
-    backends: &[Backend],
+    backends: &[std::sync::Arc<Backend>],
     rotate: usize,
     ok: impl Fn(usize) -> bool,
 ) -> Option<usize> {
@@ -62,7 +62,11 @@ pub fn least_conn(
 
 /// Weighted rendezvous (highest random weight) hashing: stable, and only the keys of a
 /// backend that goes away move.
-pub fn rendezvous(backends: &[Backend], key: &[u8], ok: impl Fn(usize) -> bool) -> Option<usize> {
+pub fn rendezvous(
+    backends: &[std::sync::Arc<Backend>],
+    key: &[u8],
+    ok: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let kh = fnv1a(key, 0);
     let mut best: Option<(f64, usize)> = None;
     for (i, b) in backends.iter().enumerate() {

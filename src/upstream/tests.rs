@@ -124,3 +124,53 @@ fn names_resolve() {
         .iter()
         .all(|b| b.addr.port() == 3000 && b.addr.ip().is_loopback()));
 }
+
+#[test]
+fn round_robin_shares_a_skipped_backends_turns_evenly() {
+    let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] } }");
+    p.backends[1].draining.store(true, Relaxed);
+    let mut n = [0usize; 3];
+    for _ in 0..600 {
+        n[p.select(None, 0).unwrap()] += 1;
+    }
+    assert_eq!(n, [300, 0, 300], "not 2:1 to the drained node's neighbour");
+}
+
+#[test]
+fn discovery_keeps_indices_and_drains_removed_backends() {
+    let p = pool("upstreams: { a: { servers: [ { address: 'nodes.test:80' } ], health_check: { interval: 1s }, discovery: { dns: { interval: 1s, hosts_file: /nonexistent } } } }");
+    assert!(
+        p.backends.is_empty(),
+        "the name does not resolve yet: a warning, no backend"
+    );
+    let a: SocketAddr = "127.0.0.2:80".parse().unwrap();
+    let b: SocketAddr = "127.0.0.3:80".parse().unwrap();
+    let c: SocketAddr = "127.0.0.4:80".parse().unwrap();
+    let p = p.rediscovered(&[vec![a, b]]).expect("changed");
+    assert_eq!(p.backends.len(), 2);
+    assert!(
+        p.select(None, 0).is_none(),
+        "new backends wait for a passing check"
+    );
+    for x in &p.backends {
+        x.active_up.store(true, Relaxed); // as the keeper's check round does
+    }
+    assert!(
+        p.rediscovered(&[vec![b, a]]).is_none(),
+        "same set: no new snapshot"
+    );
+    let tag_b = p.backends[1].tag.clone();
+    let q = p.rediscovered(&[vec![b, c]]).expect("changed");
+    assert_eq!(q.backends[0].addr, a, "a keeps index 0");
+    assert_eq!(q.backends[0].state(), "removed");
+    assert_eq!(q.backends[1].tag, tag_b, "b keeps its tag");
+    assert!(
+        Arc::ptr_eq(&q.backends[1], &p.backends[1]),
+        "b keeps its state"
+    );
+    assert!(!q.backends[2].active_up(), "c waits for a health check");
+    assert_eq!(q.select(None, 0), Some(1), "only b takes new requests");
+    let r = q.rediscovered(&[vec![a, b, c]]).expect("a is back");
+    assert_eq!(r.backends.len(), 3);
+    assert_eq!(r.backends[0].state(), "up");
+}

@@ -544,7 +544,7 @@ pub fn sticky_cookie(
     );
     let cfg = Config::from_yaml(&yaml).expect(&yaml);
     let rt = Runtime::compile(&cfg).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let pool = &rt.pools[0];
+    let pool = rt.pools[0].load();
     let aff = pool.affinity.as_ref().expect("affinity");
     let sticky = aff.cookie.as_ref().expect("a sticky cookie");
     assert_eq!(sticky.name, name);

@@ -47,7 +47,12 @@ const stats = {
   upgrades: 0,             // engine transport upgrades completed
   close_reasons: {},       // engine connection close reason -> count
   http_requests: 0,        // requests under the Socket.IO path (polling + upgrade requests)
+  // Code-1 errors for sids this node had issued and already closed, by that close reason:
+  // a request of an ended session, not one sent to the wrong node.
+  session_unknown_after_close: {},
 };
+// Sids this node closed -> close reason (bounded), for session_unknown_after_close.
+const closedSids = new Map();
 
 // Headers of the WebSocket upgrade request, per engine sid (so a test can check what an
 // upgraded or WebSocket-only session's upgrade request carried, e.g. X-Forwarded-For).
@@ -121,11 +126,17 @@ io.engine.on("connection", (conn) => {
   conn.on("upgrade", () => { stats.upgrades++; });
   conn.on("close", (reason) => { stats.close_reasons[reason] = (stats.close_reasons[reason] || 0) + 1; });
   conn.on("close", () => { upgradeHeaders.delete(conn.id); lastRequestHeaders.delete(conn.id); });
+  conn.on("close", (reason) => {
+    closedSids.set(conn.id, reason);
+    if (closedSids.size > 20000) closedSids.delete(closedSids.keys().next().value);
+  });
 });
 
 io.engine.on("connection_error", (err) => {
   const code = err && err.code !== undefined ? String(err.code) : "unknown";
   stats.connection_errors[code] = (stats.connection_errors[code] || 0) + 1;
+  const closedAs = code === "1" && err.context && closedSids.get(err.context.sid);
+  if (closedAs) stats.session_unknown_after_close[closedAs] = (stats.session_unknown_after_close[closedAs] || 0) + 1;
   if (stats.error_samples.length < 20) {
     stats.error_samples.push({
       code,

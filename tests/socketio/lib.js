@@ -594,3 +594,53 @@ module.exports = {
   scenarioTest, ClientSet, makeClient, connectOne, connectClients, emitAck, whoami, runEchoes, waitWebsocket,
   engineId, tally, startSplitter, registerDiagnostics, printDiagnostics,
 };
+
+// ---------------------------------------------------------------------------------------
+// Other child processes (example nodes, redis-server) and the admin write API.
+
+/**
+ * Spawns `cmd args` (with `env` added to this process's), tracked for cleanup, and resolves
+ * once its output contains `ready`, so scenarios can run any server, not only backend.js.
+ * Returns { label, proc, output, alive(), kill() }.
+ */
+async function startProcess(t, { cmd, args = [], env = {}, cwd, ready, label = cmd, ms = 15000 }) {
+  const proc = track(spawn(cmd, args, { cwd, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } }));
+  const output = new OutputBuffer(256 * 1024);
+  if (t) t.after(() => stopProc(proc));
+  await withTimeout(new Promise((resolve, reject) => {
+    const onData = (c) => { output.push(c); if (output.text().includes(ready)) resolve(); };
+    proc.stdout.on("data", onData);
+    proc.stderr.on("data", onData);
+    proc.once("error", (e) => reject(new Error(`${label}: ${e.message}`)));
+    proc.once("exit", (code, sig) => reject(new Error(`${label} exited (${code ?? sig}) before ready: ${output.tail(20)}`)));
+  }), ms, `${label} ready`);
+  return { label, proc, output, alive: () => proc.exitCode === null && proc.signalCode === null, kill: () => stopProc(proc, "SIGKILL") };
+}
+
+/** A throwaway redis-server on a free loopback port (no persistence); { port, url, proc, ... }. */
+async function startRedis(t, { dir = tmpDir("redis") } = {}) {
+  const port = await freePort();
+  const r = await startProcess(t, {
+    cmd: process.env.REDIS_SERVER || "redis-server",
+    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+    ready: "Ready to accept connections",
+    label: `redis-server :${port}`,
+  });
+  if (t) t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return { ...r, port, url: `redis://127.0.0.1:${port}` };
+}
+
+/** POST to an admin write endpoint with `Authorization: Bearer <token>`. */
+function adminPost(adminPort, p, token) {
+  const headers = { "content-length": "0" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  return httpRequest({ port: adminPort, path: p, method: "POST", headers });
+}
+
+/** The /status entry of the backend at `address` in `pool`, or undefined. */
+async function backendStatus(gw, address, pool = "rt") {
+  const st = await gw.status();
+  return st.pools[pool].backends.find((b) => b.address === address);
+}
+
+Object.assign(module.exports, { startProcess, startRedis, adminPost, backendStatus });
