@@ -13,6 +13,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --all-targets --no-fail-fast
 fi
+"$root/scripts/check-deploy.sh"
 if [ -f "$root/tests/socketio/package.json" ]; then
   cargo build --bin gateway
   (cd "$root/tests/socketio" && GATEWAY_BIN="$root/target/debug/gateway" node --test --test-concurrency=1)

@@ -147,10 +147,11 @@ impl Admin {
                 format!("no pool \"{pool}\"\n").into_bytes(),
             );
         };
-        let Some(b) = p
+        let Some((i, b)) = p
             .backends
             .iter()
-            .find(|b| b.addr.to_string() == addr || b.configured == addr)
+            .enumerate()
+            .find(|(_, b)| b.addr.to_string() == addr || b.configured == addr)
         else {
             return reply(
                 404,
@@ -164,7 +165,15 @@ impl Admin {
             b.addr,
             if drain { "draining" } else { "undrained" }
         );
-        let body = json!({ "pool": pool, "backend": b.addr.to_string(), "state": b.state(), "in_flight": b.in_flight.load(Relaxed) });
+        let sessions = p.live_sessions().get(i).copied().unwrap_or(0);
+        let body = json!({
+            "pool": pool,
+            "backend": b.addr.to_string(),
+            "state": b.state(),
+            "in_flight": b.in_flight.load(Relaxed),
+            "websockets": b.websockets.load(Relaxed),
+            "sessions": sessions,
+        });
         reply(200, "application/json", format!("{body}\n").into_bytes())
     }
 }

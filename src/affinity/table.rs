@@ -113,6 +113,23 @@ impl SidTable {
         out
     }
 
+    /// Renumbers the backends of every entry (`map[old] = new`), dropping entries whose
+    /// backend left the pool (`None`).
+    pub fn remap(&self, map: &[Option<u16>]) {
+        for s in &self.shards {
+            let mut m = s.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(
+                |_, e| match map.get(e.backend as usize).copied().flatten() {
+                    Some(new) => {
+                        e.backend = new;
+                        true
+                    }
+                    None => false,
+                },
+            );
+        }
+    }
+
     /// Forgets `sid`.
     pub fn remove(&self, sid: &str) {
         self.remove_key(Self::key(sid));

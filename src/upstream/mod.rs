@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 const CHECK_HISTORY: usize = 10;
 /// Most backends a pool grows to by discovery (addresses that went away included).
 const MAX_BACKENDS: usize = 1024;
+/// A backend removed by discovery leaves the pool once it has been gone this long with
+/// nothing left on it (no request, WebSocket or live session), so address churn (pods
+/// rescheduled with new IPs) does not grow the pool.
+const PRUNE_AFTER_MS: u64 = 120_000;
 
 static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
 
@@ -92,6 +96,8 @@ pub struct Backend {
     pub draining: AtomicBool,
     /// Gone from discovery: drains like `draining` until its sessions end or it goes down.
     pub removed: AtomicBool,
+    /// When discovery removed it (ms, [`now_ms`]).
+    removed_at: AtomicU64,
     /// Upgraded connections (WebSockets) open to it now.
     pub websockets: AtomicUsize,
     /// Of those, Socket.IO sessions (counted as live sessions).
@@ -477,6 +483,7 @@ impl Backend {
             stats: BackendStats::default(),
             draining: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            removed_at: AtomicU64::new(0),
             websockets: AtomicUsize::new(0),
             sio_websockets: AtomicUsize::new(0),
             ok_streak: AtomicU32::new(0),
@@ -550,16 +557,40 @@ impl Pool {
         Pool::build(name, source, tls, &resolved, None, issues)
     }
 
-    /// A new snapshot of this pool for the addresses `resolved` (per server entry):
-    /// backends that stay keep their state and index, new ones are appended (down until a
-    /// health check passes, if the pool has checks), missing ones are marked removed.
-    /// `None` when nothing changed.
-    pub(crate) fn rediscovered(&self, resolved: &[Vec<SocketAddr>]) -> Option<Pool> {
-        let wanted: Vec<SocketAddr> = resolved.iter().flatten().copied().collect();
-        let unchanged = self
-            .backends
+    /// Which backends a new snapshot drops: removed by discovery long enough ago, with no
+    /// request, WebSocket or live session left.
+    fn prunable(&self, now: u64) -> Vec<bool> {
+        let sessions = self.live_sessions();
+        self.backends
             .iter()
-            .all(|b| wanted.contains(&b.addr) != b.removed.load(Relaxed))
+            .zip(sessions)
+            .map(|(b, n)| {
+                b.removed.load(Relaxed)
+                    && now.saturating_sub(b.removed_at.load(Relaxed)) >= PRUNE_AFTER_MS
+                    && b.in_flight.load(Relaxed) == 0
+                    && b.websockets.load(Relaxed) == 0
+                    && n == 0
+            })
+            .collect()
+    }
+
+    /// A new snapshot of this pool for the addresses `resolved` (per server entry):
+    /// backends that stay keep their state, tag and relative order, new ones are appended
+    /// (down until a health check passes, if the pool has checks), missing ones are marked
+    /// removed and leave once nothing is left on them ([`PRUNE_AFTER_MS`]). `None` when
+    /// nothing changed.
+    pub(crate) fn rediscovered(&self, resolved: &[Vec<SocketAddr>]) -> Option<Pool> {
+        self.rediscovered_at(resolved, now_ms())
+    }
+
+    fn rediscovered_at(&self, resolved: &[Vec<SocketAddr>], now: u64) -> Option<Pool> {
+        let wanted: Vec<SocketAddr> = resolved.iter().flatten().copied().collect();
+        let prune = self.prunable(now);
+        let unchanged = !prune.contains(&true)
+            && self
+                .backends
+                .iter()
+                .all(|b| wanted.contains(&b.addr) != b.removed.load(Relaxed))
             && wanted
                 .iter()
                 .all(|a| self.backends.iter().any(|b| b.addr == *a));
@@ -572,7 +603,7 @@ impl Pool {
             self.source.clone(),
             self.tls.clone(),
             resolved,
-            Some(self),
+            Some((self, &prune, now)),
             &mut issues,
         );
         for i in issues.errors.iter().chain(issues.warnings.iter()) {
@@ -586,14 +617,33 @@ impl Pool {
         source: Arc<PoolSource>,
         tls: Option<UpstreamTls>,
         resolved: &[Vec<SocketAddr>],
-        prev: Option<&Pool>,
+        prev: Option<(&Pool, &[bool], u64)>,
         issues: &mut Issues,
     ) -> Pool {
         let c = &source.conf;
         let at = format!("upstreams.{name}");
-        let mut backends: Vec<Arc<Backend>> = prev.map(|p| p.backends.clone()).unwrap_or_default();
+        // Old index -> new index, for the sid table (pruned backends: none).
+        let mut remap: Vec<Option<u16>> = Vec::new();
+        let mut backends: Vec<Arc<Backend>> = Vec::new();
+        if let Some((p, prune, _)) = prev {
+            for (b, &gone) in p.backends.iter().zip(prune) {
+                if gone {
+                    log::warn!("upstream {name} backend {}: left the pool", b.addr);
+                    remap.push(None);
+                } else {
+                    remap.push(Some(backends.len() as u16));
+                    backends.push(b.clone());
+                }
+            }
+        }
+        let now = prev.map_or(0, |(_, _, now)| now);
+        let pruned = remap.contains(&None);
+        let prev = prev.map(|(p, _, _)| p);
         for b in &backends {
             let stays = resolved.iter().flatten().any(|a| *a == b.addr);
+            if !stays && !b.removed.load(Relaxed) {
+                b.removed_at.store(now, Relaxed);
+            }
             if b.removed.swap(!stays, Relaxed) == stays {
                 log::warn!(
                     "upstream {name} backend {}: {} by discovery",
@@ -671,6 +721,11 @@ impl Pool {
         // The sid table outlives snapshots: its entries name backends by index.
         if let (Some(a), Some(old)) = (&mut affinity, prev.and_then(|p| p.affinity.as_ref())) {
             a.table = old.table.clone();
+            if pruned {
+                // A request still holding the old snapshot may yet record an untagged sid
+                // under an old index; tagged sids (the default) route by tag, not by index.
+                a.table.remap(&remap);
+            }
         }
         let wheel = select::smooth_wrr(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
         Pool {

@@ -138,7 +138,7 @@ fn round_robin_shares_a_skipped_backends_turns_evenly() {
 
 #[test]
 fn discovery_keeps_indices_and_drains_removed_backends() {
-    let p = pool("upstreams: { a: { servers: [ { address: 'nodes.test:80' } ], health_check: { interval: 1s }, discovery: { dns: { interval: 1s, hosts_file: /nonexistent } } } }");
+    let p = pool("upstreams: { a: { servers: [ { address: 'nodes.test:80' } ], health_check: { interval: 1s }, discovery: { dns: { interval: 1s, hosts_file: /nonexistent } }, affinity: { socketio: true } } }");
     assert!(
         p.backends.is_empty(),
         "the name does not resolve yet: a warning, no backend"
@@ -173,4 +173,37 @@ fn discovery_keeps_indices_and_drains_removed_backends() {
     let r = q.rediscovered(&[vec![a, b, c]]).expect("a is back");
     assert_eq!(r.backends.len(), 3);
     assert_eq!(r.backends[0].state(), "up");
+
+    // Gone for good: once nothing is left on it, it leaves the pool and the sid table's
+    // entries follow the renumbering.
+    let q = r.rediscovered(&[vec![b, c]]).expect("a removed again");
+    let table = &q.affinity.as_ref().unwrap().table;
+    table.insert("sid-of-b", 1, 60_000, now_ms());
+    table.insert("sid-of-a", 0, 60_000, now_ms());
+    table.mark_upgraded(crate::affinity::SidTable::key("sid-of-a"));
+    assert!(
+        q.rediscovered(&[vec![b, c]]).is_none(),
+        "too early to prune"
+    );
+    let _busy = q.begin_request(0);
+    let later = now_ms() + PRUNE_AFTER_MS + 1;
+    assert!(
+        q.rediscovered_at(&[vec![b, c]], later).is_none(),
+        "a request is still on it"
+    );
+    drop(_busy);
+    let z = q.rediscovered_at(&[vec![b, c]], later).expect("pruned");
+    assert_eq!(
+        z.backends.iter().map(|x| x.addr).collect::<Vec<_>>(),
+        vec![b, c]
+    );
+    assert_eq!(
+        z.affinity.as_ref().unwrap().table.get("sid-of-b", now_ms()),
+        Some(0)
+    );
+    assert_eq!(
+        z.affinity.as_ref().unwrap().table.get("sid-of-a", now_ms()),
+        None
+    );
+    assert_eq!(z.affinity.as_ref().unwrap().backend_by_tag(&tag_b), Some(0));
 }
