@@ -236,6 +236,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    // pingora-gateway patch: a connection a pre-TLS callback
+                                    // closed on purpose (it logs why itself); see PATCHED.md, 8.
+                                    Err(e) if e.etype() == &pingora_error::ErrorType::ConnectionClosed => {
+                                        debug!("Downstream connection closed before its handshake: {e}");
+                                    }
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {
@@ -273,6 +278,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         }
                     }
+                    // pingora-gateway patch: an accept that fails at once (e.g. "the Tokio
+                    // context is being shut down" on a fast shutdown) must still yield, or this
+                    // loop never returns to the runtime, which then waits for it forever.
+                    tokio::task::yield_now().await;
                 }
             }
         }
