@@ -15,7 +15,7 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
 fi
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install cargo-fuzz --locked
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config normalize router socketio cookie forwarded)
+[ ${#targets[@]} -gt 0 ] || targets=(config normalize router socketio cookie forwarded proxy_protocol)
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   seeds=()

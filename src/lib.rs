@@ -12,6 +12,7 @@
 //! - `dashboard`: the admin listener's HTML page and its five-minute `/history`
 //! - [`metrics`]: Prometheus metric names and the `/metrics` text
 //! - [`tls`]: listener certificates (SNI), TLS to backends
+//! - [`tcp_proxy`]: TCP (L4) listeners relaying connections to a pool
 //! - `server`: assembles the Pingora server and its services
 //! - `cli`: the command line
 //!
@@ -63,8 +64,10 @@ pub mod listener;
 mod mem_trim;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod runtime;
 pub(crate) mod server;
+pub mod tcp_proxy;
 pub mod tls;
 pub(crate) mod upgrade;
 pub mod upstream;
@@ -153,7 +156,7 @@ fn run_cli_with(cli: cli::Cli, registry: &Registry) -> ExitCode {
     log::info!(
         "gateway {} starting with {shown}: {} listener(s), {} pool(s), {} route(s)",
         env!("CARGO_PKG_VERSION"),
-        rt.listeners.len(),
+        rt.listeners.len() + rt.tcp_listeners.len(),
         rt.pools.len(),
         rt.router.len()
     );

@@ -219,23 +219,56 @@ impl ConnectionFilter for ConnectionLimiter {
                 .refuse(format_args!("server.max_connections ({max}) reached"));
             return Err(());
         }
-        if let (Some(addr), true) = (addr, self.per_ip > 0) {
-            let ip = crate::util::canonical_ip(addr.ip());
-            let shard = self.shard(&ip);
-            let mut map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
-            let n = map.entry(ip).or_insert(0);
-            if *n >= self.per_ip {
-                drop(map);
-                self.total.refuse(format_args!(
-                    "{ip} has max_connections_per_ip ({}) open",
-                    self.per_ip
-                ));
-                return Err(());
-            }
-            *n += 1;
-            guard.ip = Some((ip, shard, self.shards.clone()));
+        if let Some(addr) = addr {
+            self.count_ip(&mut guard, addr)?;
         }
         Ok(Some(Box::new(guard)))
+    }
+}
+
+impl ConnectionLimiter {
+    /// Counts `addr` against the per-IP cap into `guard` (`Err` when it has its share open).
+    fn count_ip(&self, guard: &mut Admitted, addr: &SocketAddr) -> Result<(), ()> {
+        if self.per_ip == 0 || guard.ip.is_some() {
+            return Ok(());
+        }
+        let ip = crate::util::canonical_ip(addr.ip());
+        let shard = self.shard(&ip);
+        let mut map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.per_ip {
+            drop(map);
+            self.total.refuse(format_args!(
+                "{ip} has max_connections_per_ip ({}) open",
+                self.per_ip
+            ));
+            return Err(());
+        }
+        *n += 1;
+        guard.ip = Some((ip, shard, self.shards.clone()));
+        Ok(())
+    }
+
+    /// Counts a connection admitted without its client address (`guard` from `admit(None)`)
+    /// against the per-IP cap once the address is known (a PROXY protocol header).
+    pub fn admit_late(
+        &self,
+        guard: Option<ConnectionGuard>,
+        addr: Option<&SocketAddr>,
+    ) -> Result<Option<ConnectionGuard>, ()> {
+        let Some(addr) = addr else {
+            return Ok(guard);
+        };
+        let Some(guard) = guard else {
+            return Ok(None);
+        };
+        match guard.downcast::<Admitted>() {
+            Ok(mut admitted) => {
+                self.count_ip(&mut admitted, addr)?;
+                Ok(Some(admitted))
+            }
+            Err(other) => Ok(Some(other)),
+        }
     }
 }
 
@@ -264,6 +297,21 @@ mod tests {
         assert_eq!(total.open(), 0);
         assert!(lim.shards.iter().all(|s| s.lock().unwrap().is_empty()));
         assert_eq!(total.refused(), 2);
+    }
+
+    #[test]
+    fn late_admission_counts_the_address_told_later() {
+        let total = ConnectionCount::new(100);
+        let lim = ConnectionLimiter::new(total.clone(), 1);
+        let a = lim.admit(None).unwrap();
+        let a = lim.admit_late(a, Some(&addr("203.0.113.7:1"))).unwrap();
+        let b = lim.admit(None).unwrap();
+        assert!(lim.admit_late(b, Some(&addr("203.0.113.7:2"))).is_err());
+        // The refused connection's place is returned.
+        assert_eq!(total.open(), 1);
+        drop(a);
+        assert_eq!(total.open(), 0);
+        assert!(lim.shards.iter().all(|s| s.lock().unwrap().is_empty()));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Listener {
     pub limits: pingora_core::protocols::http::v1::server::ClientLimits,
     /// Open connections allowed per client address (0: no limit).
     pub max_connections_per_ip: u32,
+    /// Connections start with a PROXY protocol header naming the client.
+    pub proxy_protocol: bool,
 }
 
 /// Default per-connection read buffer of a TLS listener: one TLS record.
@@ -48,8 +50,10 @@ pub struct Runtime {
     pub pool_index: HashMap<String, usize>,
     /// Forwarded-header policy.
     pub forwarded: Forwarded,
-    /// Client-facing listeners.
+    /// Client-facing HTTP listeners.
     pub listeners: Vec<Listener>,
+    /// TCP (L4) listeners, each relaying to a pool ([`crate::tcp_proxy`]).
+    pub tcp_listeners: Vec<crate::tcp_proxy::TcpListener>,
     /// Local ports whose plain-HTTP requests are redirected to https.
     pub redirect_ports: Vec<u16>,
     /// Port of the first TLS listener (the redirect target).
@@ -100,6 +104,8 @@ impl Runtime {
 
         let mut listeners: Vec<Listener> = Vec::new();
         let mut redirect_ports = Vec::new();
+        // TCP (L4) listeners, set apart once compiled; their pools are resolved after the pools.
+        let mut tcp_pending: Vec<crate::tcp_proxy::Pending> = Vec::new();
         if cfg.listeners.is_empty() {
             issues.error("listeners", "needs at least one listener");
         }
@@ -109,7 +115,8 @@ impl Runtime {
             else {
                 continue;
             };
-            if listeners.iter().any(|x| x.addr == addr) {
+            let tcp_so_far = tcp_pending.iter().map(|p| &p.listener);
+            if listeners.iter().chain(tcp_so_far).any(|x| x.addr == addr) {
                 issues.error(
                     format!("listeners[{i}].address"),
                     format!("{addr} is listed twice"),
@@ -153,13 +160,31 @@ impl Runtime {
                 &format!("listeners[{i}].client"),
                 &mut issues,
             );
-            listeners.push(Listener {
+            let listener = Listener {
                 addr,
                 tls,
                 read_buffer,
                 limits,
                 max_connections_per_ip: l.client.max_connections_per_ip,
-            });
+                proxy_protocol: l.proxy_protocol,
+            };
+            match &l.tcp {
+                Some(t) => {
+                    crate::tcp_proxy::check_listener(l, &format!("listeners[{i}]"), &mut issues);
+                    tcp_pending.push(crate::tcp_proxy::Pending {
+                        index: i,
+                        upstream: t.upstream.clone(),
+                        listener,
+                    });
+                }
+                None => listeners.push(listener),
+            }
+            if l.proxy_protocol && cfg.forwarded.trusted_proxies.is_empty() {
+                issues.error(
+                    format!("listeners[{i}].proxy_protocol"),
+                    "needs forwarded.trusted_proxies: the addresses allowed to send the header",
+                );
+            }
         }
         let https_port = listeners
             .iter()
@@ -191,7 +216,8 @@ impl Runtime {
             issues.error(key, "must be at least 16 characters");
         }
         if let Some(a) = admin {
-            if listeners.iter().any(|l| l.addr == a) {
+            let tcp = tcp_pending.iter().map(|p| &p.listener);
+            if listeners.iter().chain(tcp).any(|l| l.addr == a) {
                 issues.error("admin.address", format!("{a} is also a client listener"));
             }
         }
@@ -239,6 +265,8 @@ impl Runtime {
             let pool = Pool::compile_with_tls(name, &u, tls, &secret, &mut issues);
             pools.push(pool);
         }
+        let tcp_listeners =
+            crate::tcp_proxy::compile(tcp_pending, &pool_index, &pools, &mut issues);
         let router = Router::compile_in(
             &cfg.routes,
             cfg.base_dir.as_deref(),
@@ -246,8 +274,14 @@ impl Runtime {
             filters,
             &mut issues,
         );
-        if cfg.routes.is_empty() {
+        if cfg.routes.is_empty() && (!listeners.is_empty() || tcp_listeners.is_empty()) {
             issues.warn("routes", "no routes: every request gets 404");
+        }
+        if !cfg.routes.is_empty() && listeners.is_empty() && !tcp_listeners.is_empty() {
+            issues.warn(
+                "routes",
+                "no HTTP listener: the routes apply to none (tcp listeners relay without them)",
+            );
         }
         for (i, rc) in cfg.routes.iter().enumerate() {
             let Some(pool) = rc
@@ -258,6 +292,12 @@ impl Runtime {
             else {
                 continue;
             };
+            if pool.send_proxy_protocol().is_some() {
+                issues.error(
+                    format!("upstreams.{}.send_proxy_protocol", pool.name),
+                    format!("only TCP listeners (listeners[].tcp) send it, and routes[{i}] proxies HTTP to this pool"),
+                );
+            }
             // Socket.IO goes through this route when the pool has Socket.IO affinity (with
             // its own path) and the route can match that path, or when the route's path
             // names socket.io (a pool without affinity still carries its WebSockets).
@@ -288,7 +328,8 @@ impl Runtime {
         }
         // Unused pools are allowed (health-checked, visible in /status), but worth a note.
         for (name, &p) in &pool_index {
-            if !router_uses(&router, p) && issues.errors.is_empty() {
+            let tcp_uses = tcp_listeners.iter().any(|t| t.pool == p);
+            if !router_uses(&router, p) && !tcp_uses && issues.errors.is_empty() {
                 issues.warn(format!("upstreams.{name}"), "not used by any route");
             }
         }
@@ -312,6 +353,7 @@ impl Runtime {
             pool_index,
             forwarded,
             listeners,
+            tcp_listeners,
             sole_port,
             redirect_ports,
             https_port,

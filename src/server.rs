@@ -1,5 +1,6 @@
-//! Builds the Pingora server from a compiled [`Runtime`]: the proxy service on every listener,
-//! one health-check background service per checked pool, and the admin service.
+//! Builds the Pingora server from a compiled [`Runtime`]: the proxy service on every HTTP
+//! listener, a TCP relay service per TCP listener, one health-check background service per
+//! checked pool, and the admin service.
 
 use crate::admin::Admin;
 use crate::listener::ConnectionLimiter;
@@ -75,10 +76,16 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
         if let Some(app) = proxy.app_logic_mut() {
             app.server_options = Some(server_options(first));
         }
-        proxy.set_connection_filter(Arc::new(ConnectionLimiter::new(
+        let limiter = Arc::new(ConnectionLimiter::new(
             rt.connections.clone(),
             first.max_connections_per_ip,
-        )));
+        ));
+        if first.proxy_protocol {
+            let wait = first.limits.header_timeout;
+            crate::proxy_protocol::install(&mut proxy, limiter, &rt.forwarded, wait);
+        } else {
+            proxy.set_connection_filter(limiter);
+        }
         for l in members {
             // Pingora's default is a 64 KiB zero-filled read buffer per connection, held for
             // the connection's life (idle WebSockets too); see `listeners[].read_buffer`.
@@ -118,6 +125,16 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
         }
         first_proxy.get_or_insert(proxy);
     }
+    // TCP (L4) listeners: one service each, started like the proxy (after the first health
+    // checks), their listening sockets handed over by a graceful upgrade like the HTTP ones.
+    for tcp in crate::tcp_proxy::services(&rt) {
+        let tcp = server.add_service(tcp);
+        tcp.add_dependencies(&health);
+        if let Some(b) = &bootstrap {
+            tcp.add_dependency(b);
+        }
+        first_proxy.get_or_insert(tcp);
+    }
 
     if let Some(addr) = rt.admin {
         let mut app = HttpServer::new_app(Admin::new(rt.clone()));
@@ -144,9 +161,11 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
     server
 }
 
-/// Whether two listeners can share a proxy service (same client limits).
+/// Whether two listeners can share a proxy service (same client limits, same PROXY protocol).
 fn same_limits(a: &Listener, b: &Listener) -> bool {
-    a.limits == b.limits && a.max_connections_per_ip == b.max_connections_per_ip
+    a.limits == b.limits
+        && a.max_connections_per_ip == b.max_connections_per_ip
+        && a.proxy_protocol == b.proxy_protocol
 }
 
 /// The engine options of a listener's proxy service: its client limits, and the keep-alive

@@ -1,6 +1,7 @@
 //! Property tests for every parser the project wrote (issue 11, "Fuzzing"): the config loader
 //! and compiler, the path normaliser, the router, the Socket.IO sid / tag / handshake-body
-//! rewriting, the sticky cookie, and `X-Forwarded-For` / `Forwarded`. The properties are in
+//! rewriting, the sticky cookie, `X-Forwarded-For` / `Forwarded`, and the PROXY protocol
+//! header (whose parsing is the `ppp` crate's, inside the gateway's limits). The properties are in
 //! `tests/parsers/checks.rs`, shared with the libFuzzer targets in `fuzz/` (`scripts/fuzz.sh`,
 //! nightly); here they run on stable in the normal suite, 256 cases per property by default
 //! (`PROPTEST_CASES=N` for more). Inputs that once failed are pinned as plain tests at the end.
@@ -920,6 +921,79 @@ proptest! {
         fwd in vec(header_line(), 0..3),
     ) {
         checks::any_forwarded_lines(peer, &xff, &fwd);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// PROXY protocol header
+
+const PROXY_PIECES: &[&str] = &[
+    "PROXY ",
+    "TCP4 ",
+    "TCP6 ",
+    "UNKNOWN",
+    "PROXY TCP4 1.2.3.4 5.6.7.8 1 2",
+    "\r\n",
+    "\r",
+    "\n",
+    " ",
+    "0",
+    "1",
+    "65535",
+    "65536",
+    "01",
+    "1.2.3.4",
+    "::1",
+    "::ffff:1.2.3.4",
+    "255.255.255.255",
+    "\r\n\r\n\0\r\nQUIT\n",
+    "\u{21}\u{11}\0\u{c}",
+    "\u{20}\0\0\0",
+    "\u{21}\u{21}\0\u{24}",
+    "\u{10}\0",
+    "\u{ff}",
+];
+
+fn socket_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+    (
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+            any::<[u8; 16]>().prop_map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+        ],
+        any::<u16>(),
+    )
+        .prop_map(|(ip, port)| std::net::SocketAddr::new(ip, port))
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn proxy_header_on_any_bytes(
+        data in prop_oneof![
+            3 => soup(PROXY_PIECES, 12).prop_map(String::into_bytes),
+            1 => bytes(64).prop_map(|b| [&b"\r\n\r\n\0\r\nQUIT\n"[..], &b[..]].concat()),
+            1 => bytes(160),
+        ],
+    ) {
+        checks::proxy_header_bytes(&data);
+    }
+
+    #[test]
+    fn proxy_header_round_trip(
+        v2 in any::<bool>(),
+        src in socket_addr(),
+        dst in socket_addr(),
+        rest in bytes(64),
+    ) {
+        checks::proxy_header_round_trip(v2, src, dst, &rest);
+        let mut header = gateway::proxy_protocol::encode(
+            if v2 { gateway::proxy_protocol::Version::V2 } else { gateway::proxy_protocol::Version::V1 },
+            src,
+            dst,
+        );
+        header.extend_from_slice(&rest);
+        checks::proxy_header_bytes(&header);
     }
 }
 

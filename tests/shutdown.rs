@@ -18,14 +18,21 @@ server: { grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 2 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_and_sigterm_end_the_process_promptly() {
     let backend = Backend::start("a").await;
-    for (round, sig) in ["INT", "TERM", "INT", "INT", "TERM", "INT"].iter().enumerate() {
+    for (round, sig) in ["INT", "TERM", "INT", "INT", "TERM", "INT"]
+        .iter()
+        .enumerate()
+    {
         let mut gw = Gateway::start(&CONFIG.replace("{BACKEND}", &backend.addr.to_string()));
         // Traffic on both listeners, and idle connections left open on each.
         assert_eq!(get(gw.port, "x", "/").await.status, 200);
         assert_eq!(get(gw.admin_port, "127.0.0.1", "/health").await.status, 200);
         let _idle = (
-            tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap(),
-            tokio::net::TcpStream::connect(("127.0.0.1", gw.admin_port)).await.unwrap(),
+            tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+                .await
+                .unwrap(),
+            tokio::net::TcpStream::connect(("127.0.0.1", gw.admin_port))
+                .await
+                .unwrap(),
         );
         gw.signal(sig);
         let st = gw.wait_exit(Duration::from_secs(10));

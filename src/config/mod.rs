@@ -49,6 +49,8 @@ impl Default for Config {
                 redirect_https: false,
                 read_buffer: None,
                 client: ClientConf::default(),
+                tcp: None,
+                proxy_protocol: false,
             }],
             base_dir: None,
             admin: AdminConf::default(),
@@ -82,6 +84,21 @@ pub struct ListenerConf {
     /// Limits on each client: timeouts against slow clients, header sizes, connections per IP.
     #[serde(default)]
     pub client: ClientConf,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a peer in
+    /// `forwarded.trusted_proxies`; the client address it names is the connection's.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Plain TCP (L4) proxying to a pool instead of HTTP: no parsing, `routes` do not apply.
+    #[serde(default)]
+    pub tcp: Option<ListenerTcpConf>,
+}
+
+/// `listeners[].tcp`: where a TCP listener's connections are relayed.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTcpConf {
+    /// Pool whose backends take the connections (balancing, health, retries, timeouts).
+    pub upstream: String,
 }
 
 /// TLS of a listener.
@@ -268,6 +285,10 @@ pub struct UpstreamConf {
     /// Live re-resolution of server names (a Kubernetes headless Service, a DNS round robin).
     #[serde(default)]
     pub discovery: Option<DiscoveryConf>,
+    /// PROXY protocol header (`v1` or `v2`) sent first on each connection of a TCP listener
+    /// (`listeners[].tcp`) to this pool, naming the client.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// How a pool finds its backends at run time.
@@ -537,6 +558,9 @@ pub struct MatchConf {
     pub path: Option<String>,
     /// Path prefix.
     pub path_prefix: Option<String>,
+    /// Only requests upgrading to this protocol (`websocket`): Apache's
+    /// `RewriteCond %{HTTP:Upgrade} websocket` in front of `mod_proxy_wstunnel`.
+    pub upgrade: Option<String>,
 }
 
 /// Header rules.

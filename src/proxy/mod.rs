@@ -273,7 +273,9 @@ impl ProxyHttp for Gateway {
             Err(e) => return refuse_path(session, &e).await,
         }
         let req = session.req_header();
-        let found = self.rt.router.find(request_host(req), ctx.path(req));
+        let router = &self.rt.router;
+        let websocket = router.has_upgrade_routes() && router::is_websocket_upgrade(req);
+        let found = router.find_request(request_host(req), ctx.path(req), websocket);
         let Some((idx, route)) = found else {
             respond(
                 session,
@@ -630,9 +632,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.response_time = ctx.peer_at.map(|t| t.elapsed());
         if let (Some(p), Some(t), true) = (&ctx.pool, ctx.response_time, self.rt.metrics.on) {
-            p.stats
-                .response_time
-                .observe(t.as_secs_f64());
+            p.stats.response_time.observe(t.as_secs_f64());
         }
         if let (Some(p), Some(b)) = (&ctx.pool, ctx.backend) {
             p.report_success(b);

@@ -15,6 +15,10 @@
 //! the child is found by scanning the children's first bytes 8 at a time); the smallest
 //! index found wins. The cost is O(host length + path length) per group probed, independent
 //! of the number of routes, and a lookup does not allocate.
+//!
+//! Routes with `match.upgrade: websocket` (Apache's `RewriteCond %{HTTP:Upgrade} websocket`)
+//! match only WebSocket upgrade requests: they are left out of the table used for other
+//! requests, and when any exists a second table of every route serves the upgrades.
 
 use crate::config::{Issues, RouteConf};
 use crate::filter::{BuildError, Filters, Registry};
@@ -145,6 +149,8 @@ pub struct Route {
     pub rate_limit: Option<crate::proxy::limits::RateLimit>,
     /// Largest request body in bytes (`None`: no limit).
     pub max_body: Option<u64>,
+    /// Matches only WebSocket upgrade requests (`match.upgrade: websocket`).
+    pub websocket_only: bool,
 }
 
 impl std::fmt::Debug for Route {
@@ -374,6 +380,16 @@ impl PathIndex {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Every route but the `match.upgrade` ones: for requests that do not upgrade.
+    plain: HostTable,
+    /// Every route, for WebSocket upgrade requests; `None` when no route has `match.upgrade`
+    /// (then `plain` serves them too).
+    websocket: Option<HostTable>,
+}
+
+/// The routes of a table, bucketed by host key.
+#[derive(Debug, Default)]
+struct HostTable {
     /// For each exact host named by some route: the routes naming it.
     exact: HashMap<Box<str>, PathIndex>,
     /// For each wildcard suffix (`.example.com` for `*.example.com`): the routes naming it.
@@ -382,6 +398,18 @@ pub struct Router {
     suffix_lens: Vec<usize>,
     /// Routes without a host.
     any_host: PathIndex,
+}
+
+/// Whether a request asks to upgrade to WebSocket (HTTP/1.1, `websocket` among its `Upgrade`
+/// tokens, any case): what `match.upgrade: websocket` matches.
+pub fn is_websocket_upgrade(req: &http::request::Parts) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Normalises a Host value into `buf`: drops the port and a trailing dot, lower-cases.
@@ -405,6 +433,75 @@ fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> &'a str {
     out.copy_from_slice(h.as_bytes());
     out.make_ascii_lowercase();
     std::str::from_utf8(out).unwrap_or(h)
+}
+
+impl HostTable {
+    /// The table of the routes for which `include` is true (indices stay those of `routes`).
+    fn build(routes: &[Route], include: impl Fn(&Route) -> bool) -> HostTable {
+        // Route indices per host key.
+        let mut any_host: Vec<u32> = Vec::new();
+        let mut exact: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut suffix: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (idx, r) in routes.iter().enumerate() {
+            if !include(r) {
+                continue;
+            }
+            let idx = idx as u32;
+            if r.hosts.is_empty() {
+                any_host.push(idx);
+            }
+            for h in &r.hosts {
+                match h {
+                    HostPat::Exact(h) => exact.entry(h).or_default().push(idx),
+                    HostPat::Suffix(s) => suffix.entry(s).or_default().push(idx),
+                }
+            }
+        }
+        let index =
+            |list: &[u32]| PathIndex::build(list.iter().map(|&i| (i, &routes[i as usize].path)));
+        let any_host = index(&any_host);
+        let exact: HashMap<Box<str>, PathIndex> = exact
+            .iter()
+            .map(|(h, list)| (Box::from(*h), index(list)))
+            .collect();
+        let suffix: HashMap<Box<str>, PathIndex> = suffix
+            .iter()
+            .map(|(s, list)| (Box::from(*s), index(list)))
+            .collect();
+        let mut suffix_lens: Vec<usize> = suffix.keys().map(|s| s.len()).collect();
+        suffix_lens.sort_unstable();
+        suffix_lens.dedup();
+        HostTable {
+            exact,
+            suffix,
+            suffix_lens,
+            any_host,
+        }
+    }
+
+    /// The smallest index of a route matching `host` and `path`, or `NONE`.
+    fn lookup(&self, host: &str, path: &str) -> u32 {
+        let mut buf = [0u8; 256];
+        let host = normalize_host(host, &mut buf);
+        let path = path.as_bytes();
+        let mut best = self.any_host.lookup(path);
+        if let Some(ix) = self.exact.get(host) {
+            best = best.min(ix.lookup(path));
+        }
+        // `*.s` (stored as `.s`) matches hosts that end with `.s` and are longer than it.
+        for &len in &self.suffix_lens {
+            if len >= host.len() {
+                break;
+            }
+            let at = host.len() - len;
+            if host.as_bytes()[at] == b'.' {
+                if let Some(ix) = self.suffix.get(&host[at..]) {
+                    best = best.min(ix.lookup(path));
+                }
+            }
+        }
+        best
+    }
 }
 
 impl Router {
@@ -433,78 +530,62 @@ impl Router {
                 routes.push(r);
             }
         }
-        // Route indices per host key.
-        let mut any_host: Vec<u32> = Vec::new();
-        let mut exact: HashMap<&str, Vec<u32>> = HashMap::new();
-        let mut suffix: HashMap<&str, Vec<u32>> = HashMap::new();
-        for (idx, r) in routes.iter().enumerate() {
-            let idx = idx as u32;
-            if r.hosts.is_empty() {
-                any_host.push(idx);
-            }
-            for h in &r.hosts {
-                match h {
-                    HostPat::Exact(h) => exact.entry(h).or_default().push(idx),
-                    HostPat::Suffix(s) => suffix.entry(s).or_default().push(idx),
-                }
-            }
-        }
-        let index =
-            |list: &[u32]| PathIndex::build(list.iter().map(|&i| (i, &routes[i as usize].path)));
-        let any_host = index(&any_host);
-        let exact: HashMap<Box<str>, PathIndex> = exact
+        let plain = HostTable::build(&routes, |r| !r.websocket_only);
+        let websocket = routes
             .iter()
-            .map(|(h, list)| (Box::from(*h), index(list)))
-            .collect();
-        let suffix: HashMap<Box<str>, PathIndex> = suffix
-            .iter()
-            .map(|(s, list)| (Box::from(*s), index(list)))
-            .collect();
-        let mut suffix_lens: Vec<usize> = suffix.keys().map(|s| s.len()).collect();
-        suffix_lens.sort_unstable();
-        suffix_lens.dedup();
+            .any(|r| r.websocket_only)
+            .then(|| HostTable::build(&routes, |_| true));
         Router {
             routes,
-            exact,
-            suffix,
-            suffix_lens,
-            any_host,
+            plain,
+            websocket,
         }
     }
 
-    /// The first route matching `host` (a Host header value, port allowed) and `path`.
+    /// The first route matching `host` (a Host header value, port allowed) and `path`, for a
+    /// request that is not a WebSocket upgrade.
     pub fn find(&self, host: &str, path: &str) -> Option<(usize, &Route)> {
-        let mut buf = [0u8; 256];
-        let host = normalize_host(host, &mut buf);
-        let path = path.as_bytes();
-        let mut best = self.any_host.lookup(path);
-        if let Some(ix) = self.exact.get(host) {
-            best = best.min(ix.lookup(path));
-        }
-        // `*.s` (stored as `.s`) matches hosts that end with `.s` and are longer than it.
-        for &len in &self.suffix_lens {
-            if len >= host.len() {
-                break;
-            }
-            let at = host.len() - len;
-            if host.as_bytes()[at] == b'.' {
-                if let Some(ix) = self.suffix.get(&host[at..]) {
-                    best = best.min(ix.lookup(path));
-                }
-            }
-        }
+        self.find_request(host, path, false)
+    }
+
+    /// Whether some route matches only WebSocket upgrades (`match: { upgrade: websocket }`):
+    /// only then does a request's `Upgrade` header need looking at before routing.
+    #[inline]
+    pub fn has_upgrade_routes(&self) -> bool {
+        self.websocket.is_some()
+    }
+
+    /// The first route matching `host`, `path` and whether the request upgrades to
+    /// WebSocket (routes with `match.upgrade` match only those).
+    pub fn find_request(&self, host: &str, path: &str, websocket: bool) -> Option<(usize, &Route)> {
+        let table = match (&self.websocket, websocket) {
+            (Some(t), true) => t,
+            _ => &self.plain,
+        };
+        let best = table.lookup(host, path);
         (best != NONE).then(|| (best as usize, &self.routes[best as usize]))
     }
 
     /// The first route matching, by trying every route in order (the reference semantics).
     #[cfg(test)]
     fn find_linear(&self, host: &str, path: &str) -> Option<(usize, &Route)> {
+        self.find_linear_request(host, path, false)
+    }
+
+    /// [`Router::find_linear`] for a WebSocket upgrade request or not.
+    #[cfg(test)]
+    fn find_linear_request(
+        &self,
+        host: &str,
+        path: &str,
+        websocket: bool,
+    ) -> Option<(usize, &Route)> {
         let mut buf = [0u8; 256];
         let host = normalize_host(host, &mut buf);
         self.routes
             .iter()
             .enumerate()
-            .find(|(_, r)| r.matches(host, path))
+            .find(|(_, r)| (websocket || !r.websocket_only) && r.matches(host, path))
     }
 
     /// The route at `index`.
@@ -593,6 +674,17 @@ fn compile_route(
     let prefix = match &path {
         PathPat::Prefix(p) => Some(p.len()),
         _ => None,
+    };
+    let websocket_only = match rc.matches.upgrade.as_deref() {
+        None => false,
+        Some(u) if u.eq_ignore_ascii_case("websocket") => true,
+        Some(u) => {
+            issues.error(
+                format!("{at}.match.upgrade"),
+                format!("unsupported upgrade \"{u}\" (only websocket)"),
+            );
+            false
+        }
     };
 
     let actions = rc.upstream.is_some() as u8
@@ -771,6 +863,7 @@ fn compile_route(
         raw_path: rc.raw_path,
         rate_limit,
         max_body: Some(rc.max_body.0).filter(|&n| n > 0),
+        websocket_only,
     })
 }
 
@@ -837,6 +930,63 @@ routes:
         assert_eq!(r.find("other", "/exact").unwrap().0, 2);
         assert_eq!(r.find("other", "/exact/more").unwrap().0, 3);
         assert_eq!(pool_of(&r, "x", "/anything"), Some(0));
+    }
+
+    /// Apache's `RewriteCond %{HTTP:Upgrade} websocket` + `ProxyPass /`: upgrades to one
+    /// route, everything else to the next, in file order with host and path still applying.
+    #[test]
+    fn upgrade_websocket_routes_match_only_upgrades() {
+        let (r, i) = router(
+            r#"
+routes:
+  - { match: { path: /health }, respond: {} }
+  - { match: { upgrade: websocket, host: ws.test }, upstream: b }
+  - { match: { upgrade: WebSocket, path_prefix: /live/ }, upstream: b }
+  - { upstream: a }
+"#,
+        );
+        assert!(i.errors.is_empty(), "{:?}", i.errors);
+        assert_eq!(r.find_request("ws.test", "/x", true).unwrap().0, 1);
+        assert_eq!(r.find_request("ws.test", "/x", false).unwrap().0, 3);
+        assert_eq!(r.find("ws.test", "/x").unwrap().0, 3);
+        assert_eq!(r.find_request("other", "/live/x", true).unwrap().0, 2);
+        assert_eq!(r.find_request("other", "/live/x", false).unwrap().0, 3);
+        assert_eq!(r.find_request("other", "/x", true).unwrap().0, 3);
+        // File order still wins: an earlier route matches upgrades too.
+        assert_eq!(r.find_request("ws.test", "/health", true).unwrap().0, 0);
+        for (host, path, ws) in [
+            ("ws.test", "/x", true),
+            ("a", "/live/", false),
+            ("a", "/live/", true),
+        ] {
+            assert_eq!(
+                r.find_request(host, path, ws).map(|(i, _)| i),
+                r.find_linear_request(host, path, ws).map(|(i, _)| i)
+            );
+        }
+        // Without upgrade routes, upgrades use the same table.
+        let (r, _) = router("routes: [ { match: { path_prefix: /a/ }, upstream: a } ]");
+        assert_eq!(r.find_request("h", "/a/x", true).unwrap().0, 0);
+        let (_, i) = router("routes: [ { match: { upgrade: h2c }, upstream: a } ]");
+        let first = &i.errors[0].path;
+        assert_eq!(first, "routes[0].match.upgrade", "{:?}", i.errors);
+    }
+
+    #[test]
+    fn websocket_upgrade_requests_are_recognised() {
+        let req = |version, upgrade: Option<&str>| {
+            let mut b = http::Request::builder().uri("/").version(version);
+            if let Some(u) = upgrade {
+                b = b.header("upgrade", u).header("connection", "Upgrade");
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let (v11, v10) = (http::Version::HTTP_11, http::Version::HTTP_10);
+        assert!(is_websocket_upgrade(&req(v11, Some("websocket"))));
+        assert!(is_websocket_upgrade(&req(v11, Some("foo, WebSocket"))));
+        assert!(!is_websocket_upgrade(&req(v11, Some("h2c"))));
+        assert!(!is_websocket_upgrade(&req(v11, None)));
+        assert!(!is_websocket_upgrade(&req(v10, Some("websocket"))));
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl HealthChecker {
                         b.active_up.store(true, Relaxed);
                         // Verified healthy again: lift any passive ejection from its outage.
                         b.clear_ejection();
-                        log::warn!("upstream {} backend {} is healthy", pool.name, b.addr);
+                        log::warn!("upstream {} backend {} is healthy again", pool.name, b.addr);
                     }
                 }
                 Some(e) => {

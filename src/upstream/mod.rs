@@ -494,6 +494,12 @@ impl Backend {
 }
 
 impl Pool {
+    /// The PROXY protocol header a TCP relay sends first to this pool's backends, if any
+    /// (`send_proxy_protocol`; see `proxy_protocol::encode`).
+    pub fn send_proxy_protocol(&self) -> Option<crate::proxy_protocol::Version> {
+        self.source.conf.send_proxy_protocol
+    }
+
     /// Builds a plain-HTTP pool from its config, resolving names; problems go to `issues`.
     pub fn compile(name: &str, c: &UpstreamConf, issues: &mut Issues) -> Pool {
         Pool::compile_with_tls(name, c, None, "", issues)

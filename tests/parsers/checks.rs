@@ -798,3 +798,60 @@ pub fn any_forwarded_lines(peer: IpAddr, xff: &[Vec<u8>], fwd: &[Vec<u8>]) {
         let _ = f.client_ip(peer, &req);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// PROXY protocol header
+
+/// Any bytes at the start of a connection: `parse` never panics; a header it finds fits the
+/// limits, is the same whatever follows it, and every shorter prefix of it waits for more; an
+/// incomplete header is under the limits; a refused one stays refused whatever comes next (so
+/// closing at once loses nothing).
+pub fn proxy_header_bytes(data: &[u8]) {
+    use gateway::proxy_protocol::{parse, Parsed, V1_MAX, V2_MAX_PAYLOAD};
+    match parse(data) {
+        Parsed::Header { len, source } => {
+            assert!(len <= data.len() && len <= 16 + V2_MAX_PAYLOAD, "{len}");
+            if data.starts_with(b"PROXY") {
+                assert!(len <= V1_MAX);
+            }
+            let mut more = data[..len].to_vec();
+            more.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(parse(&more), Parsed::Header { len, source });
+            for i in 0..len {
+                assert_eq!(parse(&data[..i]), Parsed::Incomplete, "prefix {i} of {len}");
+            }
+        }
+        Parsed::Incomplete => assert!(data.len() < 16 + V2_MAX_PAYLOAD),
+        Parsed::Invalid(_) => {
+            let mut more = data.to_vec();
+            more.extend_from_slice(b"\r\n\x00\x00");
+            assert!(matches!(parse(&more), Parsed::Invalid(_)));
+        }
+    }
+}
+
+/// `encode` then `parse` (with the connection's first bytes behind the header) gives the
+/// source back (IPv4-mapped when the two families differ).
+pub fn proxy_header_round_trip(v2: bool, src: SocketAddr, dst: SocketAddr, rest: &[u8]) {
+    use gateway::proxy_protocol::{encode, parse, Parsed, Version};
+    let header = encode(if v2 { Version::V2 } else { Version::V1 }, src, dst);
+    let expected = match (src, dst) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => src,
+        _ => SocketAddr::new(
+            match src.ip() {
+                IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                v6 => v6,
+            },
+            src.port(),
+        ),
+    };
+    let mut wire = header.clone();
+    wire.extend_from_slice(rest);
+    assert_eq!(
+        parse(&wire),
+        Parsed::Header {
+            len: header.len(),
+            source: Some(expected)
+        }
+    );
+}

@@ -551,6 +551,12 @@ impl Stream {
         self.connection_guard = Some(guard);
     }
 
+    /// pingora-gateway patch: takes the guard back, e.g. to extend it once a PROXY protocol
+    /// header has told the real client address (see PATCHED.md, 8).
+    pub fn take_connection_guard(&mut self) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        self.connection_guard.take()
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
