@@ -147,12 +147,35 @@ impl Admin {
                 format!("no pool \"{pool}\"\n").into_bytes(),
             );
         };
-        let Some((i, b)) = p
+        // An address names one backend; a configured name may stand for several (discovery).
+        let by_name: Vec<usize> = (0..p.backends.len())
+            .filter(|&i| p.backends[i].configured == addr)
+            .collect();
+        let found = p
             .backends
             .iter()
-            .enumerate()
-            .find(|(_, b)| b.addr.to_string() == addr || b.configured == addr)
-        else {
+            .position(|b| b.addr.to_string() == addr)
+            .or(match by_name.as_slice() {
+                [i] => Some(*i),
+                _ => None,
+            });
+        let Some((i, b)) = found.map(|i| (i, &p.backends[i])) else {
+            if by_name.len() > 1 {
+                let list: Vec<String> = by_name
+                    .iter()
+                    .map(|&i| p.backends[i].addr.to_string())
+                    .collect();
+                return reply(
+                    409,
+                    "text/plain",
+                    format!(
+                        "\"{addr}\" names {} backends of pool {pool}: drain one address: {}\n",
+                        list.len(),
+                        list.join(", ")
+                    )
+                    .into_bytes(),
+                );
+            }
             return reply(
                 404,
                 "text/plain",

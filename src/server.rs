@@ -70,7 +70,11 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
         };
         let mut proxy = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
-            Gateway::new(rt.clone()),
+            if first.proxy_protocol {
+                Gateway::behind_proxy_protocol(rt.clone())
+            } else {
+                Gateway::new(rt.clone())
+            },
             &name,
         );
         if let Some(app) = proxy.app_logic_mut() {

@@ -290,7 +290,14 @@ async fn connect(pool: &Pool, client: Option<IpAddr>) -> Result<(usize, TcpStrea
             );
             return Err(last);
         }
-        log::warn!("upstream {} backend {addr}: {last}", pool.name);
+        // Every client connection can meet a dead backend: at most one line a second.
+        static CONNECT_FAILED: crate::util::OncePerSecond = crate::util::OncePerSecond::new();
+        if CONNECT_FAILED.ready() {
+            log::warn!(
+                "upstream {} backend {addr}: {last} (repeats within a second are not logged)",
+                pool.name
+            );
+        }
         pool.report_failure(b);
     }
     Err(last)

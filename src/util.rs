@@ -27,6 +27,13 @@ pub(crate) struct OncePerSecond {
 }
 
 impl OncePerSecond {
+    /// A throttle that lets the next caller through (usable in a `static`).
+    pub(crate) const fn new() -> OncePerSecond {
+        OncePerSecond {
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     /// Whether this call is the first of its wall-clock second.
     pub(crate) fn ready(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;

@@ -48,6 +48,14 @@ async fn states(gw: &Gateway) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Replaces the hosts file by rename, as an operator (or a config manager) should: a reader
+/// never sees it half written.
+fn write_hosts(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 async fn spread(gw: &Gateway, n: usize) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     for _ in 0..n {
@@ -95,13 +103,21 @@ async fn names_that_come_and_go_are_added_checked_and_drained() {
     let pinned = r.json()["backend"].as_str().unwrap().to_string();
 
     // node3 appears while nothing listens there: it is checked, found down, sent nothing.
-    std::fs::write(&hosts, "127.0.0.1 node1.test node2.test node3.test\n").unwrap();
+    write_hosts(&hosts, "127.0.0.1 node1.test node2.test node3.test\n");
     let grew = eventually(Duration::from_secs(10), || async {
         states(&gw).await.len() == 3
     })
     .await;
     assert!(grew, "node3 added: {:?}", states(&gw).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Checked (a failure recorded), found down, sent nothing.
+    let checked = eventually(Duration::from_secs(10), || async {
+        let s = get(gw.admin_port, "127.0.0.1", "/status").await.json();
+        let c = &s["pools"]["app"]["backends"][2]["checks"];
+        c.as_array()
+            .is_some_and(|a| a.iter().any(|x| x["ok"] == false))
+    })
+    .await;
+    assert!(checked, "node3 was health-checked");
     assert_eq!(
         states(&gw).await[2].1,
         "down",
@@ -133,7 +149,7 @@ async fn names_that_come_and_go_are_added_checked_and_drained() {
     } else {
         "node1.test"
     };
-    std::fs::write(&hosts, format!("127.0.0.1 {keep} node3.test\n")).unwrap();
+    write_hosts(&hosts, &format!("127.0.0.1 {keep} node3.test\n"));
     let removed = eventually(Duration::from_secs(10), || async {
         states(&gw).await.iter().any(|s| s.1 == "removed")
     })
@@ -158,13 +174,21 @@ async fn names_that_come_and_go_are_added_checked_and_drained() {
         assert_eq!(&now.2, tag, "{addr}: same tag");
     }
     // And it comes back when its name does.
-    std::fs::write(&hosts, format!("127.0.0.1 {keep} {gone} node3.test\n")).unwrap();
+    write_hosts(&hosts, &format!("127.0.0.1 {keep} {gone} node3.test\n"));
     let back = eventually(Duration::from_secs(10), || async {
         states(&gw).await.iter().all(|s| s.1 == "up")
     })
     .await;
     assert!(back, "{:?}", states(&gw).await);
     assert!(gw.log().contains("by discovery"), "changes are logged");
+    // A file caught empty (mid-rewrite, or wiped by mistake) is an error, not "no backends":
+    // every name keeps its addresses.
+    std::fs::write(&hosts, "").unwrap();
+    assert!(gw.wait_log_contains("has no entries", Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all_up = states(&gw).await.iter().all(|s| s.1 == "up");
+    assert!(all_up, "{:?}", states(&gw).await);
+    assert_eq!(spread(&gw, 6).await.len(), 3);
     drop(b3);
     let _ = std::fs::remove_dir_all(&dir);
 }

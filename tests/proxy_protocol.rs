@@ -109,12 +109,23 @@ async fn v1_and_v2_headers_name_the_client() {
     // v2 LOCAL (a health check of the proxy itself) and v1 UNKNOWN keep the peer.
     let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     local.extend_from_slice(&[0x20, 0x00, 0, 0]);
-    // (127.0.0.1 is a trusted proxy: the X-Forwarded-For it passes is kept and appended to.)
+    // An L4 balancer writes no HTTP header: the X-Forwarded-For the client sent (6.6.6.6) is
+    // never walked behind PROXY protocol, though 127.0.0.1 is in trusted_proxies (there it
+    // names the balancers allowed to send the header).
     let (_, r) = request_after(gw.port, &local, "/pp-local").await;
-    assert_eq!(seen(&r, "x-forwarded-for"), "6.6.6.6, 127.0.0.1");
-    assert_eq!(seen(&r, "x-real-ip"), "6.6.6.6");
+    assert_eq!(seen(&r, "x-forwarded-for"), "127.0.0.1");
+    assert_eq!(seen(&r, "x-real-ip"), "127.0.0.1");
     let (_, r) = request_after(gw.port, b"PROXY UNKNOWN\r\n", "/pp-unknown").await;
-    assert_eq!(seen(&r, "x-forwarded-for"), "6.6.6.6, 127.0.0.1");
+    assert_eq!(seen(&r, "x-forwarded-for"), "127.0.0.1");
+    // Nor when the header names an address inside trusted_proxies.
+    let (_, r) = request_after(
+        gw.port,
+        b"PROXY TCP4 127.0.0.1 127.0.0.1 4444 80\r\n",
+        "/pp-t",
+    )
+    .await;
+    assert_eq!(seen(&r, "x-forwarded-for"), "127.0.0.1");
+    assert_eq!(seen(&r, "x-real-ip"), "127.0.0.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,6 +214,9 @@ pub struct Forwarded {
     port: bool,
     rfc7239: bool,
     allow_underscore: bool,
+    /// The peer address is final (a PROXY protocol listener: the header named the client,
+    /// and no HTTP header the client wrote is trusted to name another).
+    peer_final: bool,
 }
 
 impl Forwarded {
@@ -235,6 +238,18 @@ impl Forwarded {
             port: conf.x_forwarded_port,
             rfc7239: conf.rfc7239,
             allow_underscore: conf.allow_underscore_headers,
+            peer_final: false,
+        }
+    }
+
+    /// This policy for a PROXY protocol listener: the address from the PROXY header (or the
+    /// balancer's own, for a LOCAL / UNKNOWN header) is the client, and client-written
+    /// `X-Forwarded-For` / `Forwarded` are never walked, however the address compares with
+    /// `trusted_proxies` (which there names the balancers allowed to send the header).
+    pub fn with_final_peer(&self) -> Forwarded {
+        Forwarded {
+            peer_final: true,
+            ..self.clone()
         }
     }
 
@@ -247,7 +262,7 @@ impl Forwarded {
     /// its `X-Forwarded-For` (nginx's `real_ip_recursive on`). With `rfc7239` on, a trusted
     /// peer's `Forwarded: for=` is read the same way when it sent no `X-Forwarded-For`.
     pub fn client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
-        if !self.is_trusted(peer) {
+        if self.peer_final || !self.is_trusted(peer) {
             return peer;
         }
         if self.rfc7239 && !req.headers.contains_key(&XFF) {
@@ -335,7 +350,7 @@ impl Forwarded {
                 + self.port as usize
                 + self.rfc7239 as usize,
         );
-        let trusted = peer.is_some_and(|p| self.is_trusted(p));
+        let trusted = !self.peer_final && peer.is_some_and(|p| self.is_trusted(p));
         self.strip(req, trusted);
         if let Some(peer) = peer {
             let mut ip_buf = [0u8; 64];

@@ -34,12 +34,23 @@ use std::time::Duration;
 /// The gateway's proxy logic over a compiled [`Runtime`].
 pub struct Gateway {
     rt: Arc<Runtime>,
+    /// The forwarded-header policy of this service's listeners (`rt.forwarded`, or its
+    /// final-peer form behind PROXY protocol).
+    forwarded: crate::proxy::headers::Forwarded,
 }
 
 impl Gateway {
     /// A proxy over `rt`.
     pub fn new(rt: Arc<Runtime>) -> Gateway {
-        Gateway { rt }
+        let forwarded = rt.forwarded.clone();
+        Gateway { rt, forwarded }
+    }
+
+    /// A proxy over `rt` for PROXY protocol listeners: the header's address is the client,
+    /// client-written forwarding headers are not walked ([`crate::proxy::headers::Forwarded::with_final_peer`]).
+    pub fn behind_proxy_protocol(rt: Arc<Runtime>) -> Gateway {
+        let forwarded = rt.forwarded.with_final_peer();
+        Gateway { rt, forwarded }
     }
 
     /// The port the client connected to: from the config when only one listener can have
@@ -199,7 +210,7 @@ impl Gateway {
         }
         // No key of its own (or keyed by address): the client address, which a client
         // cannot choose (X-Forwarded-For only from trusted proxies).
-        let ip = peer_ip(session).map(|peer| self.rt.forwarded.client_ip(peer, req));
+        let ip = peer_ip(session).map(|peer| self.forwarded.client_ip(peer, req));
         match ip {
             Some(IpAddr::V4(v4)) => limit.check(&v4.octets()),
             Some(IpAddr::V6(v6)) => limit.check(&v6.octets()),
@@ -246,6 +257,57 @@ impl Gateway {
         ctx.in_flight = Some(pool.begin_request(idx));
         ctx.peer_at = Some(std::time::Instant::now());
         pool.backends[idx].peer(ctx.upgrade)
+    }
+
+    /// The backend for this attempt of the request: its pin (sid, cookie) or the balancer's
+    /// choice among the untried ones.
+    fn choose_peer(&self, pool: &Pool, session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // A sid pin holds for retries too: no other node knows the session (if the node is
+        // gone, the connect fails and the client gets "Session ID unknown"). A cookie pin is a
+        // preference: a retry is balanced.
+        let pinned = if ctx.pin.by_sid {
+            ctx.pin.backend
+        } else {
+            ctx.pin.backend.take()
+        };
+        if let Some(idx) = pinned {
+            return Ok(self.use_backend(pool, idx, ctx));
+        }
+        let req = session.req_header();
+        let mut ip_buf = [0u8; 16];
+        let key: Option<&[u8]> = match (&pool.hash_key, pool.balance) {
+            (_, b) if b != crate::config::Balance::ConsistentHash => None,
+            (HashKey::ClientIp, _) => ctx.client_ip.map(|ip| match ip {
+                IpAddr::V4(v4) => {
+                    ip_buf[..4].copy_from_slice(&v4.octets());
+                    &ip_buf[..4]
+                }
+                IpAddr::V6(v6) => {
+                    ip_buf = v6.octets();
+                    &ip_buf[..]
+                }
+            }),
+            (HashKey::Header(h), _) => req.headers.get(h).map(|v| v.as_bytes()),
+            (HashKey::Cookie(c), _) => cookie(req, c).map(str::as_bytes),
+            (HashKey::Query(q), _) => query_param(req, q).map(str::as_bytes),
+        };
+        let Some(idx) = pool.select(key, ctx.tried) else {
+            log::warn!(
+                "upstream {}: no usable backend for {} {} ({} of {} up, {} tried)",
+                pool.name,
+                req.method,
+                req.uri,
+                pool.usable_count(),
+                pool.backends.len(),
+                ctx.attempts
+            );
+            let status = if ctx.attempts > 0 { 502 } else { 503 };
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                format!("upstream {}: no usable backend", pool.name),
+            );
+        };
+        Ok(self.use_backend(pool, idx, ctx))
     }
 
     fn affinity<'a>(&self, ctx: &'a Ctx) -> Option<(&'a Pool, &'a Affinity)> {
@@ -339,7 +401,7 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        let fwd = &self.rt.forwarded;
+        let fwd = &self.forwarded;
         let flow = route.filters.request(&route.name, fwd, session, ctx);
         if flow.await? == Flow::Done {
             return Ok(true);
@@ -382,7 +444,7 @@ impl ProxyHttp for Gateway {
                 };
                 if let Some(aff) = &p.affinity {
                     let req = session.req_header();
-                    let usable = |i: usize| p.backends[i].usable();
+                    let usable = |i: usize| p.backends.get(i).is_some_and(|b| b.usable());
                     match affinity::pin(aff, req, ctx.path(req), usable, now_ms(), &p.name) {
                         Ok(pin) => ctx.pin = pin,
                         Err(refusal) => {
@@ -412,8 +474,7 @@ impl ProxyHttp for Gateway {
                     && p.hash_key == HashKey::ClientIp
                 {
                     if let Some(peer) = peer_ip(session) {
-                        ctx.client_ip =
-                            Some(self.rt.forwarded.client_ip(peer, session.req_header()));
+                        ctx.client_ip = Some(self.forwarded.client_ip(peer, session.req_header()));
                     }
                 }
                 if session.is_upgrade_req() {
@@ -502,56 +563,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(pool) = ctx.pool.clone() else {
+        // Lent out of the context for the choice (no refcount traffic), then put back.
+        let Some(pool) = ctx.pool.take() else {
             return Error::e_explain(ErrorType::InternalError, "no pool selected");
         };
-        let pool = &*pool;
-        // A sid pin holds for retries too: no other node knows the session (if the node is
-        // gone, the connect fails and the client gets "Session ID unknown"). A cookie pin is a
-        // preference: a retry is balanced.
-        let pinned = if ctx.pin.by_sid {
-            ctx.pin.backend
-        } else {
-            ctx.pin.backend.take()
-        };
-        if let Some(idx) = pinned {
-            return Ok(self.use_backend(pool, idx, ctx));
-        }
-        let req = session.req_header();
-        let mut ip_buf = [0u8; 16];
-        let key: Option<&[u8]> = match (&pool.hash_key, pool.balance) {
-            (_, b) if b != crate::config::Balance::ConsistentHash => None,
-            (HashKey::ClientIp, _) => ctx.client_ip.map(|ip| match ip {
-                IpAddr::V4(v4) => {
-                    ip_buf[..4].copy_from_slice(&v4.octets());
-                    &ip_buf[..4]
-                }
-                IpAddr::V6(v6) => {
-                    ip_buf = v6.octets();
-                    &ip_buf[..]
-                }
-            }),
-            (HashKey::Header(h), _) => req.headers.get(h).map(|v| v.as_bytes()),
-            (HashKey::Cookie(c), _) => cookie(req, c).map(str::as_bytes),
-            (HashKey::Query(q), _) => query_param(req, q).map(str::as_bytes),
-        };
-        let Some(idx) = pool.select(key, ctx.tried) else {
-            log::warn!(
-                "upstream {}: no usable backend for {} {} ({} of {} up, {} tried)",
-                pool.name,
-                req.method,
-                req.uri,
-                pool.usable_count(),
-                pool.backends.len(),
-                ctx.attempts
-            );
-            let status = if ctx.attempts > 0 { 502 } else { 503 };
-            return Error::e_explain(
-                ErrorType::HTTPStatus(status),
-                format!("upstream {}: no usable backend", pool.name),
-            );
-        };
-        Ok(self.use_backend(pool, idx, ctx))
+        let peer = self.choose_peer(&pool, session, ctx);
+        ctx.pool = Some(pool);
+        peer
     }
 
     async fn connected_to_upstream(
@@ -612,11 +630,10 @@ impl ProxyHttp for Gateway {
         }
         let tls = is_tls(session);
         let local_port = self.local_port(session, tls);
-        self.rt
-            .forwarded
+        self.forwarded
             .apply(upstream_request, peer_ip(session), tls, local_port);
         route.request_headers.apply(upstream_request);
-        let fwd = &self.rt.forwarded;
+        let fwd = &self.forwarded;
         route
             .filters
             .upstream_request(&route.name, fwd, session, upstream_request, ctx)
@@ -689,7 +706,7 @@ impl ProxyHttp for Gateway {
         if let Some(r) = ctx.route {
             let route = self.rt.router.get(r);
             route.response_headers.apply(resp);
-            let fwd = &self.rt.forwarded;
+            let fwd = &self.forwarded;
             route
                 .filters
                 .response(&route.name, fwd, session, resp, ctx)
@@ -971,7 +988,7 @@ impl ProxyHttp for Gateway {
             let route = self.rt.router.get(r);
             route
                 .filters
-                .logging(&route.name, &self.rt.forwarded, session, ctx)
+                .logging(&route.name, &self.forwarded, session, ctx)
                 .await;
         }
         // A detached tunnel logs when it closes.

@@ -131,7 +131,9 @@ impl StaticFiles {
             return answer(session, 405, &[allow], b"405 method not allowed\n", rules).await;
         }
         let Some(rel) = relative_path(path) else {
-            log::info!("static: refused path {path:?} (dot segment or NUL after decoding)");
+            log::debug!(
+                "static: refused path {path:?} (dot segment, NUL or separator after decoding)"
+            );
             return answer(session, 400, &[], b"400 bad request path\n", rules).await;
         };
         let ranged = req.method == Method::GET && req.headers.contains_key(header::RANGE);
@@ -170,7 +172,11 @@ impl StaticFiles {
             }
             Outcome::NotFound => answer(session, 404, &[], b"404 not found\n", rules).await,
             Outcome::Forbidden(why) => {
-                log::info!("static: {path:?} refused with 403: {why}");
+                // A client can ask for these in a loop: at most one line a second.
+                static REFUSED: crate::util::OncePerSecond = crate::util::OncePerSecond::new();
+                if REFUSED.ready() {
+                    log::info!("static: {path:?} refused with 403: {why}");
+                }
                 answer(session, 403, &[], b"403 forbidden\n", rules).await
             }
             Outcome::Error => answer(session, 500, &[], b"500 internal error\n", rules).await,
@@ -356,31 +362,34 @@ pub fn content_type(name: &Path) -> String {
     }
 }
 
-/// The request path as a relative file path: percent-decoded (`%2F` decodes to a separator,
-/// as in nginx), empty and `.` segments dropped; `None` for a `..` segment or a NUL byte.
+/// The request path as a relative file path: each segment percent-decoded, empty and `.`
+/// segments dropped; `None` for a `..` segment, a NUL byte, or a segment that decodes to a
+/// separator (`%2F`, `%5C`): routes matched the path with those as data, so decoding them
+/// into separators here would let `/private%2Fsecret.html` slip past a deny route for
+/// `/private/` onto the file `private/secret.html`.
 pub fn relative_path(path: &str) -> Option<PathBuf> {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' && i + 2 < bytes.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                decoded.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        decoded.push(b);
-        i += 1;
-    }
     let mut rel = PathBuf::new();
-    for seg in decoded.split(|&b| b == b'/') {
-        match seg {
+    let mut decoded = Vec::new();
+    for raw in path.as_bytes().split(|&b| b == b'/') {
+        decoded.clear();
+        let mut i = 0;
+        while i < raw.len() {
+            let b = raw[i];
+            if b == b'%' && i + 2 < raw.len() {
+                let hex = |c: u8| (c as char).to_digit(16);
+                if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                    decoded.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            decoded.push(b);
+            i += 1;
+        }
+        match decoded.as_slice() {
             b"" | b"." => {}
             b".." => return None,
-            s if s.contains(&0) => return None,
+            s if s.iter().any(|&b| b == 0 || b == b'/' || b == b'\\') => return None,
             s => rel.push(std::ffi::OsStr::from_bytes(s)),
         }
     }
@@ -690,7 +699,10 @@ mod tests {
             relative_path("/my%20file.html").unwrap(),
             PathBuf::from("my file.html")
         );
-        assert_eq!(relative_path("/a%2Fb").unwrap(), PathBuf::from("a/b"));
+        // An encoded separator is data to the router: never a separator here.
+        assert_eq!(relative_path("/a%2Fb"), None);
+        assert_eq!(relative_path("/a%2fb"), None);
+        assert_eq!(relative_path("/a%5Cb"), None);
         assert_eq!(relative_path("/./a//b/").unwrap(), PathBuf::from("a/b"));
         for bad in [
             "/..",

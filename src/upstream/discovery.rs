@@ -28,13 +28,20 @@ pub fn split_host_port(address: &str) -> Result<(&str, u16), String> {
 fn from_hosts(text: &str, host: &str, port: u16) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| {
-            let l = l.split('#').next().unwrap_or("");
-            let mut f = l.split_whitespace();
-            let ip: IpAddr = f.next()?.parse().ok()?;
-            f.any(|n| n.eq_ignore_ascii_case(host))
+            let (ip, mut names) = from_hosts_line(l)?;
+            names
+                .any(|n| n.eq_ignore_ascii_case(host))
                 .then_some(SocketAddr::new(ip, port))
         })
         .collect()
+}
+
+/// One hosts-file line: its address and names (`None` for comments, blanks, bad lines).
+fn from_hosts_line(l: &str) -> Option<(IpAddr, std::str::SplitWhitespace<'_>)> {
+    let l = l.split('#').next().unwrap_or("");
+    let mut f = l.split_whitespace();
+    let ip: IpAddr = f.next()?.parse().ok()?;
+    Some((ip, f))
 }
 
 fn read_hosts(path: &str) -> Result<String, String> {
@@ -56,7 +63,15 @@ pub fn resolve_blocking(address: &str, d: &DnsDiscoveryConf) -> Result<Vec<Socke
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let mut v: Vec<SocketAddr> = match &d.hosts_file {
-        Some(path) => from_hosts(&read_hosts(path)?, host, port),
+        Some(path) => {
+            let text = read_hosts(path)?;
+            // An empty file is more likely caught mid-rewrite than meant: an error (the
+            // names keep their addresses). Replace the file by rename to change it atomically.
+            if !text.lines().any(|l| from_hosts_line(l).is_some()) {
+                return Err(format!("\"{path}\" has no entries"));
+            }
+            from_hosts(&text, host, port)
+        }
         None => (host, port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve \"{address}\": {e}"))?

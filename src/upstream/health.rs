@@ -18,6 +18,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Longest wait for one name's resolution (less when the discovery interval is shorter).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The keeper service of one pool (health checks and discovery).
 pub struct HealthChecker {
     handle: Arc<PoolHandle>,
@@ -169,8 +172,21 @@ impl HealthChecker {
     async fn rediscover(&self, d: &DnsDiscoveryConf) -> bool {
         let pool = self.handle.load();
         let mut resolved: Vec<Vec<SocketAddr>> = Vec::new();
-        for address in pool.server_addresses() {
-            match discovery::resolve(address.to_string(), d.clone()).await {
+        // All names at once, each bounded: a dead nameserver must not hold up the health
+        // checks that run in this same loop.
+        let limit = d.interval.0.min(RESOLVE_TIMEOUT);
+        let lookups = pool.server_addresses().map(|a| {
+            let (a, d) = (a.to_string(), d.clone());
+            async move {
+                match tokio::time::timeout(limit, discovery::resolve(a.clone(), d)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("resolving \"{a}\" timed out after {limit:?}")),
+                }
+            }
+        });
+        let results = futures_join_all(lookups).await;
+        for (address, result) in pool.server_addresses().zip(results) {
+            match result {
                 Ok(v) => resolved.push(v),
                 Err(e) => {
                     log::warn!(

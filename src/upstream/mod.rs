@@ -215,9 +215,11 @@ impl Backend {
 }
 
 /// A pool of backends: one immutable snapshot. Discovery publishes a new snapshot through
-/// [`PoolHandle`]; backends, counters and the sid table are shared between snapshots, and a
-/// backend keeps its index for the life of the process (new addresses are appended), so a
-/// request holding an older snapshot and the sid table stay right.
+/// [`PoolHandle`]; backends, counters and the sid table are shared between snapshots. A
+/// backend keeps its index while it is in the pool (new addresses are appended); only when a
+/// long-removed, idle backend is pruned are the later ones renumbered, the sid table with
+/// them. Indices from the table are bounds-checked: a stale one reads as "Session ID
+/// unknown", never a panic.
 #[derive(Debug)]
 pub struct Pool {
     /// Pool name from the config.
@@ -566,6 +568,14 @@ impl Pool {
     /// Which backends a new snapshot drops: removed by discovery long enough ago, with no
     /// request, WebSocket or live session left.
     fn prunable(&self, now: u64) -> Vec<bool> {
+        // The session count walks the sid table: only when something could be pruned.
+        let candidate = |b: &Backend| {
+            b.removed.load(Relaxed)
+                && now.saturating_sub(b.removed_at.load(Relaxed)) >= PRUNE_AFTER_MS
+        };
+        if !self.backends.iter().any(|b| candidate(b)) {
+            return vec![false; self.backends.len()];
+        }
         let sessions = self.live_sessions();
         self.backends
             .iter()
@@ -831,8 +841,10 @@ impl Pool {
             _ => {
                 // A skipped backend's turn goes to the next turn, not to its neighbour on
                 // the wheel: with one node draining or down the others share evenly.
+                // At most one try per backend: a pool with every backend down pays a bounded
+                // number of atomics, then the scan.
                 let n = self.wheel.len();
-                (0..n)
+                (0..self.backends.len().min(n))
                     .map(|_| self.wheel[self.rr.fetch_add(1, Relaxed) % n] as usize)
                     .find(|&i| ok(i))
                     // Other threads took the turns in between: any acceptable one.

@@ -8,6 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// The smooth weighted round-robin order (nginx's algorithm) of one full cycle.
 pub fn smooth_wrr(weights: &[u32]) -> Vec<u16> {
+    // The same order with weights divided by their common divisor: 3 x 1000 is a 3-slot
+    // wheel, not a 3000-slot one built in 9 million steps.
+    let g = weights.iter().fold(0u32, |g, &w| gcd(g, w)).max(1);
+    let weights: Vec<u32> = weights.iter().map(|&w| w / g).collect();
+    let weights = weights.as_slice();
     let total: i64 = weights.iter().map(|&w| w as i64).sum();
     let mut current = vec![0i64; weights.len()];
     let mut out = Vec::with_capacity(total as usize);
@@ -23,6 +28,14 @@ pub fn smooth_wrr(weights: &[u32]) -> Vec<u16> {
         out.push(best as u16);
     }
     out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// The first acceptable backend on the wheel, starting at `start`.

@@ -207,3 +207,11 @@ fn discovery_keeps_indices_and_drains_removed_backends() {
     );
     assert_eq!(z.affinity.as_ref().unwrap().backend_by_tag(&tag_b), Some(0));
 }
+
+#[test]
+fn heavy_equal_weights_make_a_short_wheel() {
+    let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1, weight: 1000 }, { address: 127.0.0.1:2, weight: 1000 }, { address: 127.0.0.1:3, weight: 500 } ] } }");
+    assert_eq!(p.wheel.len(), 5, "weights divided by their common divisor");
+    let picks: Vec<usize> = (0..5).map(|_| p.select(None, 0).unwrap()).collect();
+    assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 1);
+}
