@@ -41,9 +41,10 @@ async fn sigint_and_sigterm_end_the_process_promptly() {
             "round {round}: SIG{sig} did not end the gateway within 10 s; log:\n{}",
             gw.log()
         );
+        // The runtime shut down under the accept loop is no error worth an ERROR line.
         assert!(
-            !gw.log().contains("being shutdown"),
-            "round {round}: the accept loop spun during shutdown:\n{}",
+            !gw.log().contains("Accept() failed"),
+            "round {round}: an accept failure logged as an error on shutdown:\n{}",
             gw.log()
         );
     }

@@ -260,7 +260,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Err(e) => {
                     // pingora-gateway patch: at most one log line per second per listener
                     // (a full fd table fails every accept); see PATCHED.md.
-                    if last_accept_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    // A fast shutdown (SIGINT) shuts the runtime down under this loop: its
+                    // accept then fails with tokio's "being shutdown", which is no error.
+                    let shutting_down = e.to_string().contains("being shutdown");
+                    if shutting_down {
+                        debug!("Accept() stopped: {e}");
+                    } else if last_accept_error
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                    {
                         error!("Accept() failed {e} (repeats within a second are not logged)");
                         last_accept_error = Some(std::time::Instant::now());
                     }
