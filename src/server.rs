@@ -52,6 +52,11 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
     };
 
     limit_connections(&rt);
+    // A graceful stop (SIGTERM, or the old process after an upgrade) ends as soon as its last
+    // client connection (WebSockets and TCP relays included) has closed, not always after
+    // the whole `grace_period_seconds`.
+    let open = rt.connections.clone();
+    server.set_drained_check(move || open.open() == 0);
     // One proxy service per distinct set of client limits: the engine applies them per
     // service. Usually every listener has the same, so there is one service.
     let mut groups: Vec<(&Listener, Vec<&Listener>)> = Vec::new();

@@ -5,6 +5,7 @@
 
 mod common;
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -48,4 +49,52 @@ async fn sigint_and_sigterm_end_the_process_promptly() {
             gw.log()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_when_the_last_connection_does() {
+    let backend = Backend::start("a").await;
+    let config = CONFIG
+        .replace("{BACKEND}", &backend.addr.to_string())
+        .replace("grace_period_seconds: 1", "grace_period_seconds: 30");
+    // Nothing open: SIGTERM ends the process at once, not after the 30 s grace period.
+    let mut gw = Gateway::start(&config);
+    assert_eq!(get(gw.port, "x", "/").await.status, 200);
+    let t = std::time::Instant::now();
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(
+        gw.log().contains("every connection has ended"),
+        "{}",
+        gw.log()
+    );
+
+    // A WebSocket open: the process waits for it, and ends soon after it closes.
+    let mut gw = Gateway::start(&config);
+    let mut ws = ws_connect(gw.port, "x", "/ws").await;
+    ws.send(WsMessage::Text("hi".into())).await.unwrap();
+    assert!(ws.next().await.is_some());
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(2)).is_none(),
+        "the open WebSocket keeps the grace period running"
+    );
+    ws.send(WsMessage::Text("still here".into())).await.unwrap();
+    assert!(ws.next().await.is_some(), "the WebSocket still works");
+    drop(ws);
+    let t = std::time::Instant::now();
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "ended soon after the last connection"
+    );
 }

@@ -224,11 +224,22 @@ pub struct Server {
     pub configuration: Arc<ServerConf>,
     /// The parser command line options
     pub options: Option<Opt>,
+    /// pingora-gateway patch: ends the grace period of a graceful shutdown early (see
+    /// [`Server::set_drained_check`]).
+    drained: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 // TODO: delete the pid when exit
 
 impl Server {
+    /// pingora-gateway patch: a graceful shutdown (SIGTERM, or the old process after an
+    /// upgrade) ends its grace period as soon as `drained` returns true (polled every 100 ms),
+    /// e.g. when no client connection is left, instead of always waiting
+    /// `grace_period_seconds`.
+    pub fn set_drained_check(&mut self, drained: impl Fn() -> bool + Send + Sync + 'static) {
+        self.drained = Some(Box::new(drained));
+    }
+
     /// Acquire a receiver for the server's execution phase.
     ///
     /// The receiver will produce values for each transition.
@@ -477,6 +488,7 @@ impl Server {
             execution_phase_watch,
             configuration: Arc::new(conf),
             options: opt,
+            drained: None,
             dependencies: Arc::new(Mutex::new(DependencyGraph::new())),
             bootstrap,
         }
@@ -525,6 +537,7 @@ impl Server {
             execution_phase_watch,
             configuration: Arc::new(conf),
             options: opt,
+            drained: None,
             dependencies: Arc::new(Mutex::new(DependencyGraph::new())),
             bootstrap,
         })
@@ -808,7 +821,20 @@ impl Server {
                 .grace_period_seconds
                 .unwrap_or(EXIT_TIMEOUT);
             info!("Graceful shutdown: grace period {}s starts", exit_timeout);
-            thread::sleep(Duration::from_secs(exit_timeout));
+            // pingora-gateway patch: the grace period ends early once nothing is left to
+            // finish (see `set_drained_check`).
+            let deadline = Instant::now() + Duration::from_secs(exit_timeout);
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                if self.drained.as_ref().is_some_and(|drained| drained()) {
+                    info!("Graceful shutdown: every connection has ended");
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100).min(deadline - now));
+            }
             info!("Graceful shutdown: grace period ends");
         }
 
