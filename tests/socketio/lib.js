@@ -644,3 +644,54 @@ async function backendStatus(gw, address, pool = "rt") {
 }
 
 Object.assign(module.exports, { startProcess, startRedis, adminPost, backendStatus });
+
+// ---------------------------------------------------------------------------------------
+// Headless Chromium (Debian's, or $CHROMIUM) through puppeteer-core, for the browser tests.
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTIFACTS = process.env.ARTIFACTS_DIR || path.resolve(HERE, "../../target/artifacts");
+
+/** Fails the test at once when Chromium is missing (scripts/deps.sh installs it). */
+function requireChromium() {
+  require("node:assert/strict").ok(fs.existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM} (scripts/deps.sh installs it; or set CHROMIUM)`);
+}
+
+/**
+ * Launches headless Chromium with `extraArgs`; it is closed (or killed) after the test and
+ * killed if the process exits first. Returns `{ browser, close }`.
+ */
+async function launchBrowser(t, extraArgs = []) {
+  requireChromium();
+  const browser = await require("puppeteer-core").launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", ...extraArgs],
+    timeout: 15000,
+  });
+  const kill = () => { const p = browser.process(); if (p) try { p.kill("SIGKILL"); } catch (_) { /* ignore */ } };
+  const close = () => withTimeout(browser.close(), 5000, "browser close").catch(kill);
+  t.after(close);
+  process.once("exit", kill);
+  return { browser, close };
+}
+
+/** PNG signature, IHDR and size of a file. */
+function pngInfo(file) {
+  const buf = fs.readFileSync(file);
+  return {
+    bytes: buf.length,
+    png: buf.subarray(0, 8).toString("hex") === "89504e470d0a1a0a" && buf.subarray(12, 16).toString() === "IHDR",
+    width: buf.readUInt32BE(16), height: buf.readUInt32BE(20),
+  };
+}
+
+/** A full-page screenshot of `page` kept as a test artefact `name`; returns its path and `pngInfo`. */
+async function screenshot(page, name) {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const file = path.join(ARTIFACTS, name);
+  fs.rmSync(file, { force: true });
+  await page.screenshot({ path: file, fullPage: true });
+  return { file, ...pngInfo(file) };
+}
+
+Object.assign(module.exports, { requireChromium, launchBrowser, pngInfo, screenshot });

@@ -9,13 +9,10 @@
 //     /status, undrain makes it "up" again. A screenshot is kept as a test artefact.
 "use strict";
 const assert = require("node:assert/strict");
-const fs = require("node:fs");
 const path = require("node:path");
 const L = require("./lib");
 
 const TOKEN = "dashboard-test-admin-token-0123456789";
-const ARTIFACTS = process.env.ARTIFACTS_DIR || path.resolve(__dirname, "../../target/artifacts");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 function config({ dir, port, adminPort, nodes, gonePort }) {
   const servers = nodes.map((n) => `{ address: "${n.address}" }`).join(", ");
@@ -125,16 +122,8 @@ async function assertPageMatchesStatus(page, gw, label) {
   return { view: last.view };
 }
 
-/** PNG signature and IHDR size of a file. */
-function pngInfo(file) {
-  const buf = fs.readFileSync(file);
-  const sig = buf.subarray(0, 8).toString("hex");
-  return { bytes: buf.length, png: sig === "89504e470d0a1a0a" && buf.subarray(12, 16).toString() === "IHDR", width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
-}
-
 L.scenarioTest("dashboard in headless Chromium: numbers match /status, drain / undrain with the token, screenshot", 40000, async (t, clients) => {
-  const puppeteer = require("puppeteer-core");
-  assert.ok(fs.existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM} (scripts/deps.sh installs it; or set CHROMIUM)`);
+  L.requireChromium();
 
   const dir = L.tmpDir("dash");
   const nodes = await L.startBackends(t, ["n1", "n2", "n3"]);
@@ -179,20 +168,7 @@ L.scenarioTest("dashboard in headless Chromium: numbers match /status, drain / u
     assert.match(r.headers["content-type"], type, p);
   }
 
-  const browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
-    timeout: 15000,
-  });
-  const closeBrowser = async () => {
-    await L.withTimeout(browser.close(), 5000, "browser close").catch(() => {
-      const p = browser.process();
-      if (p) try { p.kill("SIGKILL"); } catch (_) { /* ignore */ }
-    });
-  };
-  t.after(closeBrowser);
-  process.once("exit", () => { const p = browser.process(); if (p) try { p.kill("SIGKILL"); } catch (_) { /* ignore */ } });
+  const { browser, close: closeBrowser } = await L.launchBrowser(t);
 
   const page = await browser.newPage();
   await page.setViewport({ width: 1280, height: 800 });
@@ -257,11 +233,8 @@ L.scenarioTest("dashboard in headless Chromium: numbers match /status, drain / u
   await assertPageMatchesStatus(page, gw, "while draining");
 
   // The screenshot (draining, down and up backends): a real PNG the size of the page.
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const shot = path.join(ARTIFACTS, "dashboard.png");
-  fs.rmSync(shot, { force: true });
-  await page.screenshot({ path: shot, fullPage: true });
-  const png = pngInfo(shot);
+  const png = await L.screenshot(page, "dashboard.png");
+  const shot = png.file;
   assert.ok(png.png && png.width === 1280 && png.height >= 400 && png.bytes > 20000, `screenshot ${shot}: ${JSON.stringify(png)}`);
 
   await page.click(`${rowSel} button[data-action="undrain"]`);

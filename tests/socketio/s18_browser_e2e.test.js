@@ -21,8 +21,6 @@ const path = require("node:path");
 const { execFileSync, spawn } = require("node:child_process");
 const L = require("./lib");
 
-const ARTIFACTS = process.env.ARTIFACTS_DIR || path.resolve(__dirname, "../../target/artifacts");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const GRACE_S = 2, SHUTDOWN_S = 2;
 
 /** A CA and a localhost / 127.0.0.1 certificate it signs (openssl CLI); the leaf's SPKI hash. */
@@ -79,16 +77,6 @@ function config({ dir, port, adminPort, nodes, pki, root }) {
   ].join("\n");
 }
 
-/** PNG signature, IHDR and size of a file. */
-function pngInfo(file) {
-  const buf = fs.readFileSync(file);
-  return {
-    bytes: buf.length,
-    png: buf.subarray(0, 8).toString("hex") === "89504e470d0a1a0a" && buf.subarray(12, 16).toString() === "IHDR",
-    width: buf.readUInt32BE(16), height: buf.readUInt32BE(20),
-  };
-}
-
 /**
  * `gateway upgrade -c file`: the new binary checks the config, starts with `-u -d`, the old
  * process gets SIGQUIT and hands over. Output goes to a file: the new daemon keeps the
@@ -105,8 +93,7 @@ function gatewayUpgrade(file, logFile) {
 }
 
 L.scenarioTest("real browser: https + h2 page, Socket.IO over WebSocket through 2 nodes, survives gateway upgrade", 60000, async (t) => {
-  const puppeteer = require("puppeteer-core");
-  assert.ok(fs.existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM} (scripts/deps.sh installs it; or set CHROMIUM)`);
+  L.requireChromium();
 
   const dir = L.tmpDir("browser");
   const pki = makePki(dir);
@@ -123,24 +110,8 @@ L.scenarioTest("real browser: https + h2 page, Socket.IO over WebSocket through 
   t.after(killDaemon);
   process.once("exit", killDaemon);
 
-  const browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      "--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-      // Trust exactly the test certificate (not every certificate error).
-      `--ignore-certificate-errors-spki-list=${pki.spki}`,
-    ],
-    timeout: 15000,
-  });
-  const closeBrowser = async () => {
-    await L.withTimeout(browser.close(), 5000, "browser close").catch(() => {
-      const p = browser.process();
-      if (p) try { p.kill("SIGKILL"); } catch (_) { /* ignore */ }
-    });
-  };
-  t.after(closeBrowser);
-  process.once("exit", () => { const p = browser.process(); if (p) try { p.kill("SIGKILL"); } catch (_) { /* ignore */ } });
+  // Trust exactly the test certificate (not every certificate error).
+  const { browser, close: closeBrowser } = await L.launchBrowser(t, [`--ignore-certificate-errors-spki-list=${pki.spki}`]);
 
   const page = await browser.newPage();
   await page.setViewport({ width: 1000, height: 760 });
@@ -232,11 +203,8 @@ L.scenarioTest("real browser: https + h2 page, Socket.IO over WebSocket through 
 
   // The screenshot: the page's own report.
   await page.evaluate((n) => window.__e2e.report(`${n} of ${n} acked; the gateway was upgraded underneath`, true), all.length);
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const shot = path.join(ARTIFACTS, "browser-e2e.png");
-  fs.rmSync(shot, { force: true });
-  await page.screenshot({ path: shot, fullPage: true });
-  const png = pngInfo(shot);
+  const png = await L.screenshot(page, "browser-e2e.png");
+  const shot = png.file;
   assert.ok(png.png && png.width === 1000 && png.height >= 500 && png.bytes > 10000, `screenshot ${shot}: ${JSON.stringify(png)}`);
   await closeBrowser();
 });
@@ -285,8 +253,7 @@ async function startEchoBackend(t, name) {
 }
 
 L.scenarioTest("quick start demo page in a real browser: Socket.IO through conf/gateway.yaml", 45000, async (t) => {
-  const puppeteer = require("puppeteer-core");
-  assert.ok(fs.existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM} (scripts/deps.sh installs it; or set CHROMIUM)`);
+  L.requireChromium();
 
   // The vendored bundle is the one this suite pins (package.json): update both together.
   const vendored = fs.readFileSync(path.join(REPO, "examples/demo-site/socket.io.min.js"));
@@ -305,18 +272,7 @@ L.scenarioTest("quick start demo page in a real browser: Socket.IO through conf/
   await L.eventually(async () => (await gw.status()).pools.realtime.backends.every((b) => b.healthy), 10000, "both Socket.IO nodes healthy");
   const tagOf = Object.fromEntries((await gw.status()).pools.realtime.backends.map((b) => [b.address, b.tag]));
 
-  const browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
-    timeout: 15000,
-  });
-  const closeBrowser = () => L.withTimeout(browser.close(), 5000, "browser close").catch(() => {
-    const p = browser.process();
-    if (p) try { p.kill("SIGKILL"); } catch (_) { /* ignore */ }
-  });
-  t.after(closeBrowser);
-  process.once("exit", () => { const p = browser.process(); if (p) try { p.kill("SIGKILL"); } catch (_) { /* ignore */ } });
+  const { browser, close: closeBrowser } = await L.launchBrowser(t);
 
   const page = await browser.newPage();
   await page.setViewport({ width: 1000, height: 900 });
@@ -355,11 +311,7 @@ L.scenarioTest("quick start demo page in a real browser: Socket.IO through conf/
   await page.waitForFunction(() => window.demo.ws.echoes.length >= 1, { timeout: 5000 });
   assert.match((await page.evaluate(() => window.demo.ws.echoes))[0], /^node-[ab]$/);
 
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  const shot = path.join(ARTIFACTS, "demo-page.png");
-  fs.rmSync(shot, { force: true });
-  await page.screenshot({ path: shot, fullPage: true });
-  assert.ok(pngInfo(shot).png, "a PNG screenshot");
+  assert.ok((await L.screenshot(page, "demo-page.png")).png, "a PNG screenshot");
   assert.deepEqual(problems, [], "no page errors or failed requests");
   await closeBrowser();
 });
