@@ -593,22 +593,6 @@ fn config_errors_name_the_key() {
     assert!(!out.contains("warning"), "{out}");
 }
 
-fn upgrade(cfg: &std::path::Path) -> (bool, String) {
-    // Output to a file: the new daemon keeps the launcher's stdout/stderr open.
-    let log = cfg.with_extension("upgrade.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let status = std::process::Command::new(gateway_bin())
-        .args(["upgrade", "-c", cfg.to_str().unwrap(), "--timeout", "20s"])
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .status()
-        .unwrap();
-    (
-        status.success(),
-        std::fs::read_to_string(&log).unwrap_or_default(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_keeps_the_open_relay_and_hands_the_listener_over() {
     let a = Identity::start("a").await;
@@ -689,7 +673,7 @@ server:
     };
 
     let c = cfg.clone();
-    let (upgraded, out) = tokio::task::spawn_blocking(move || upgrade(&c))
+    let (upgraded, out) = tokio::task::spawn_blocking(move || run_upgrade(&c))
         .await
         .unwrap();
     let new_pid: i32 = std::fs::read_to_string(dir.join("gw.pid"))

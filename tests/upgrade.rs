@@ -42,19 +42,9 @@ routes:
 }
 
 fn upgrade(cfg: &std::path::Path) -> (bool, String) {
-    // Output goes to a file: the new daemon keeps the launcher's stdout/stderr open (Pingora
-    // does that when no error_log is set), so a pipe would never reach EOF.
-    let log = cfg.with_extension("upgrade.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let status = std::process::Command::new(gateway_bin())
-        .args(["upgrade", "-c", cfg.to_str().unwrap(), "--timeout", "20s"])
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .status()
-        .unwrap();
-    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    let (ok, out) = run_upgrade(cfg);
     (
-        status.success(),
+        ok,
         out.lines()
             .filter(|l| !l.contains("No incoming socket transfer"))
             .collect::<Vec<_>>()

@@ -54,15 +54,20 @@ fn read_hosts(path: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// Resolves `address` now, blocking (at start and in `-t`). A name missing from the hosts
-/// file is a definite answer (no address); a system resolver failure is an error, which
-/// the keeper treats as an outage (the name keeps its addresses).
-pub fn resolve_blocking(address: &str, d: &DnsDiscoveryConf) -> Result<Vec<SocketAddr>, String> {
+/// Resolves `address` now, blocking: every pool's servers at start and in `-t`, and the
+/// keeper's lookups (through [`resolve`]). Through `hosts_file` when given, else the system
+/// resolver. A name missing from the hosts file is a definite answer (no address); a system
+/// resolver failure is an error, which the keeper treats as an outage (the name keeps its
+/// addresses).
+pub fn resolve_blocking(
+    address: &str,
+    hosts_file: Option<&str>,
+) -> Result<Vec<SocketAddr>, String> {
     let (host, port) = split_host_port(address)?;
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let mut v: Vec<SocketAddr> = match &d.hosts_file {
+    let mut v: Vec<SocketAddr> = match hosts_file {
         Some(path) => {
             let text = read_hosts(path)?;
             // An empty file is more likely caught mid-rewrite than meant: an error (the
@@ -84,7 +89,7 @@ pub fn resolve_blocking(address: &str, d: &DnsDiscoveryConf) -> Result<Vec<Socke
 
 /// Resolves `address` off the async runtime's threads (getaddrinfo and file reads block).
 pub async fn resolve(address: String, d: DnsDiscoveryConf) -> Result<Vec<SocketAddr>, String> {
-    tokio::task::spawn_blocking(move || resolve_blocking(&address, &d))
+    tokio::task::spawn_blocking(move || resolve_blocking(&address, d.hosts_file.as_deref()))
         .await
         .map_err(|e| format!("resolver task failed: {e}"))?
 }

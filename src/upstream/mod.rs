@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::collections::VecDeque;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -534,27 +534,32 @@ impl Pool {
                 );
             }
             let at = format!("{key}.address");
-            let addrs = match (discovery, discovery::split_host_port(&s.address)) {
-                (_, Err(e)) => {
-                    issues.error(at, e);
+            if let Err(e) = discovery::split_host_port(&s.address) {
+                issues.error(at, e);
+                resolved.push(Vec::new());
+                continue;
+            }
+            // Resolved once here; with discovery a name that does not resolve yet is only a
+            // warning (the keeper retries every interval).
+            let hosts_file = discovery.and_then(|d| d.hosts_file.as_deref());
+            let addrs = match discovery::resolve_blocking(&s.address, hosts_file) {
+                Ok(v) if !v.is_empty() => v,
+                Ok(v) => {
+                    match discovery {
+                        Some(_) => issues.warn(at, format!("\"{}\" resolves to no address yet; discovery retries every interval", s.address)),
+                        None => issues.error(at, format!("\"{}\" resolved to no address", s.address)),
+                    }
+                    v
+                }
+                Err(e) => {
+                    match discovery {
+                        Some(_) => {
+                            issues.warn(at, format!("{e}; discovery retries every interval"))
+                        }
+                        None => issues.error(at, e),
+                    }
                     Vec::new()
                 }
-                (Some(d), Ok(_)) => match discovery::resolve_blocking(&s.address, d) {
-                    Ok(v) if v.is_empty() => {
-                        let msg = format!(
-                            "\"{}\" resolves to no address yet; discovery retries every interval",
-                            s.address
-                        );
-                        issues.warn(at, msg);
-                        v
-                    }
-                    Ok(v) => v,
-                    Err(e) => {
-                        issues.warn(at, format!("{e}; discovery retries every interval"));
-                        Vec::new()
-                    }
-                },
-                (None, Ok(_)) => resolve(&s.address, &at, issues),
             };
             resolved.push(addrs);
         }
@@ -927,42 +932,6 @@ fn health_settings(h: &HealthCheckConf, at: &str, issues: &mut Issues) -> Health
         timeout: h.timeout.0,
         fails: h.fails.max(1),
         passes: h.passes.max(1),
-    }
-}
-
-/// Resolves `host:port` (names via the system resolver) into addresses.
-fn resolve(address: &str, at: &str, issues: &mut Issues) -> Vec<SocketAddr> {
-    if let Ok(a) = address.parse::<SocketAddr>() {
-        return vec![a];
-    }
-    let Some((host, port)) = address.rsplit_once(':') else {
-        issues.error(
-            at,
-            format!("invalid socket address \"{address}\" (expected host:port)"),
-        );
-        return Vec::new();
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() || host.contains(['/', ' ']) {
-        issues.error(
-            at,
-            format!("invalid socket address \"{address}\" (expected host:port)"),
-        );
-        return Vec::new();
-    }
-    match address.to_socket_addrs() {
-        Ok(it) => {
-            let mut v: Vec<SocketAddr> = it.collect();
-            v.sort();
-            v.dedup();
-            if v.is_empty() {
-                issues.error(at, format!("\"{address}\" resolved to no address"));
-            }
-            v
-        }
-        Err(e) => {
-            issues.error(at, format!("cannot resolve \"{address}\": {e}"));
-            Vec::new()
-        }
     }
 }
 

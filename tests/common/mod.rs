@@ -371,6 +371,24 @@ pub fn check_config(yaml: &str) -> (i32, String) {
     r
 }
 
+/// Run `gateway upgrade -c <cfg> --timeout 20s`; returns (success, its output). The output
+/// goes to a file: the new daemon keeps the launcher's stdout/stderr open (Pingora does that
+/// when no error_log is set), so a pipe would never reach EOF.
+pub fn run_upgrade(cfg: &Path) -> (bool, String) {
+    let log = cfg.with_extension("upgrade.log");
+    let f = fs::File::create(&log).unwrap();
+    let status = Command::new(gateway_bin())
+        .args(["upgrade", "-c", cfg.to_str().unwrap(), "--timeout", "20s"])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .status()
+        .unwrap();
+    (
+        status.success(),
+        fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
 /// Run `gateway -t -c <path>`; returns (exit code (-1 if killed by a signal), stdout+stderr).
 /// Panics if it does not finish within 20 s.
 pub fn check_config_file(path: impl AsRef<Path>) -> (i32, String) {
