@@ -586,8 +586,7 @@ impl Pool {
             .iter()
             .zip(sessions)
             .map(|(b, n)| {
-                b.removed.load(Relaxed)
-                    && now.saturating_sub(b.removed_at.load(Relaxed)) >= PRUNE_AFTER_MS
+                candidate(b)
                     && b.in_flight.load(Relaxed) == 0
                     && b.websockets.load(Relaxed) == 0
                     && n == 0
