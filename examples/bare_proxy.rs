@@ -1,5 +1,6 @@
 //! The reference point for the benchmark: a bare Pingora round-robin proxy with no gateway
-//! features (Pingora's own `load_balancer` example, without TLS), on the same Pingora build.
+//! features (Pingora's own `load_balancer` example, without TLS), on the same Pingora build and
+//! allocator.
 //!
 //! `cargo run --release --example bare_proxy -- --listen 127.0.0.1:8000 --upstream 127.0.0.1:9001 [--threads 1] [--work-stealing true|false]`
 //!
@@ -14,6 +15,9 @@ use pingora_core::Result;
 use pingora_load_balancing::{selection::RoundRobin, LoadBalancer};
 use pingora_proxy::{ProxyHttp, Session};
 use std::sync::Arc;
+
+// The same allocator as the gateway binary, so that "gateway / bare" compares features only.
+gateway::use_mimalloc!();
 
 /// Round-robin over the upstreams, nothing else.
 struct Lb(Arc<LoadBalancer<RoundRobin>>);

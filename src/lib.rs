@@ -56,6 +56,7 @@
 pub(crate) mod admin;
 pub(crate) mod admin_client;
 pub mod affinity;
+pub mod alloc;
 pub(crate) mod cli;
 pub mod config;
 mod dashboard;

@@ -29,6 +29,7 @@ impl pingora_core::services::background::BackgroundService for MemTrim {
                 _ = tokio::time::sleep(INTERVAL) => {}
                 _ = shutdown.changed() => return,
             }
+            crate::alloc::collect();
             let free = heap_free();
             min_free = min_free.min(free);
             let rss = rss_bytes();

@@ -24,27 +24,32 @@ pub async fn respond(
 }
 
 /// [`respond`], then the route's `response_headers` rules applied to the response.
-pub(crate) async fn respond_with_rules(
-    session: &mut Session,
+///
+/// Boxed: these answers are the rare paths of `request_filter` (404, 301, 429, 413...), and
+/// an inline future would make every proxied request's (boxed, moved) future larger.
+pub(crate) fn respond_with_rules<'a>(
+    session: &'a mut Session,
     status: u16,
-    headers: &[(HeaderName, HeaderValue)],
+    headers: &'a [(HeaderName, HeaderValue)],
     body: Bytes,
-    rules: Option<&HeaderRules>,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
-    for (n, v) in headers {
-        resp.append_header(n.clone(), v.clone())?;
-    }
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    if let Some(r) = rules {
-        r.apply(&mut resp);
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), body.is_empty() || head_only)
-        .await?;
-    if !body.is_empty() && !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    rules: Option<&'a HeaderRules>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
+        for (n, v) in headers {
+            resp.append_header(n.clone(), v.clone())?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        if let Some(r) = rules {
+            r.apply(&mut resp);
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), body.is_empty() || head_only)
+            .await?;
+        if !body.is_empty() && !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    })
 }

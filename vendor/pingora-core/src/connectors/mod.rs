@@ -376,7 +376,9 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // pingora-gateway patch: boxed, so that the state of a new connection (TCP and TLS
+            // connect) is not part of every request's future. See PATCHED.md.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }
