@@ -200,7 +200,8 @@ pub(crate) struct Relay {
     up: Half,
     down: Half,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
-    last_activity: Instant,
+    /// [`coarse_ms`] of the last poll that moved bytes.
+    last_activity: u64,
     started: Instant,
     closing: Option<(TunnelEnd, bool)>,
     on_close: Option<Box<dyn FnOnce(&TunnelStats) + Send + Sync>>,
@@ -216,6 +217,10 @@ impl Relay {
         upstream_unread: Option<Bytes>,
         tunnel: DetachedTunnel,
     ) -> Self {
+        let (mut downstream, mut upstream) = (downstream, upstream);
+        // Nobody reads a relayed stream's pending times: skip their clock reads.
+        downstream.set_track_pending_time(false);
+        upstream.set_track_pending_time(false);
         let now = Instant::now();
         let to_up = downstream_unread.as_ref().map_or(0, |b| b.len() as u64);
         let to_down = upstream_unread.as_ref().map_or(0, |b| b.len() as u64);
@@ -238,7 +243,7 @@ impl Relay {
             idle: tunnel
                 .idle_timeout
                 .map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
-            last_activity: now,
+            last_activity: coarse_ms(),
             started: now,
             closing: None,
             on_close: tunnel.on_close,
@@ -287,7 +292,7 @@ impl Future for Relay {
             .down
             .pump(&mut this.upstream, &mut this.downstream, cx, &mut active);
         if active {
-            this.last_activity = Instant::now();
+            this.last_activity = coarse_ms();
         }
         let end = match (up, down) {
             (Step::ReadError, _) | (_, Step::WriteError) => Some(TunnelEnd::DownstreamError),
@@ -324,14 +329,34 @@ impl Relay {
             if sleep.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let deadline = self.last_activity + *timeout;
-            if deadline <= Instant::now() {
+            let idle = Duration::from_millis(coarse_ms().saturating_sub(self.last_activity));
+            let Some(left) = timeout.checked_sub(idle).filter(|l| !l.is_zero()) else {
                 return true;
-            }
+            };
             // Traffic moved the deadline: re-arm the one timer lazily.
-            sleep.as_mut().reset(deadline);
+            sleep.as_mut().reset(Instant::now() + left);
         }
     }
+}
+
+/// Milliseconds on `CLOCK_MONOTONIC_COARSE`: read per poll that moved bytes, it costs a few
+/// nanoseconds (no TSC read) and is precise to a scheduler tick (1-4 ms), plenty for an idle
+/// deadline. The fine clock is read only when the idle timer fires.
+#[cfg(target_os = "linux")]
+fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into the timespec above; CLOCK_MONOTONIC_COARSE exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 impl Drop for Relay {

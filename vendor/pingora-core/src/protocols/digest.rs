@@ -241,6 +241,9 @@ pub trait GetTimingDigest {
     fn get_write_pending_time(&self) -> Duration {
         Duration::ZERO
     }
+    /// pingora-gateway patch: turn the pending-time accounting above off (or on) where the
+    /// stream keeps it; a no-op elsewhere.
+    fn set_track_pending_time(&mut self, _on: bool) {}
 }
 
 /// The interface to set or return proxy information

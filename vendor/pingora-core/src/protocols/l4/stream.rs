@@ -557,6 +557,18 @@ impl Stream {
         self.connection_guard.take()
     }
 
+    /// pingora-gateway patch: whether reads and writes that wait are timed (two clock reads
+    /// per wait, for `get_read_pending_time` / `get_write_pending_time`). On by default; a
+    /// relay that never reports them turns it off (see PATCHED.md, 11).
+    pub fn set_track_pending_time(&mut self, on: bool) {
+        self.read_pending_time.off = !on;
+        self.write_pending_time.off = !on;
+        if !on {
+            self.read_pending_time.stop();
+            self.write_pending_time.stop();
+        }
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
@@ -796,6 +808,10 @@ impl GetTimingDigest for Stream {
     fn get_write_pending_time(&self) -> Duration {
         self.write_pending_time.total
     }
+
+    fn set_track_pending_time(&mut self, on: bool) {
+        Stream::set_track_pending_time(self, on)
+    }
 }
 
 impl GetProxyDigest for Stream {
@@ -937,6 +953,8 @@ impl AsyncWrite for Stream {
 struct AccumulatedDuration {
     total: Duration,
     last_start: Option<Instant>,
+    /// pingora-gateway patch: not tracked (see `Stream::set_track_pending_time`).
+    off: bool,
 }
 
 impl AccumulatedDuration {
@@ -944,11 +962,12 @@ impl AccumulatedDuration {
         AccumulatedDuration {
             total: Duration::ZERO,
             last_start: None,
+            off: false,
         }
     }
 
     fn start(&mut self) {
-        if self.last_start.is_none() {
+        if self.last_start.is_none() && !self.off {
             self.last_start = Some(Instant::now());
         }
     }

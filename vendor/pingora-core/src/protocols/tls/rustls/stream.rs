@@ -122,6 +122,10 @@ where
     fn get_write_pending_time(&self) -> Duration {
         self.tls.get_write_pending_time()
     }
+
+    fn set_track_pending_time(&mut self, on: bool) {
+        self.tls.set_track_pending_time(on)
+    }
 }
 
 impl<S> GetProxyDigest for TlsStream<S>
@@ -378,6 +382,12 @@ where
             .get_ref()
             .0
             .get_timing_digest()
+    }
+
+    fn set_track_pending_time(&mut self, on: bool) {
+        if let Some(s) = self.stream.as_mut() {
+            s.get_mut().0.set_track_pending_time(on)
+        }
     }
 }
 
