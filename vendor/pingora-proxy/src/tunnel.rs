@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -200,6 +200,9 @@ pub(crate) struct Relay {
     up: Half,
     down: Half,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The waker the idle timer holds: until the timer fires (`is_elapsed`), polling it again
+    /// with the same waker on every wake-up would only re-register it.
+    idle_waker: Option<Waker>,
     /// [`coarse_ms`] of the last poll that moved bytes.
     last_activity: u64,
     started: Instant,
@@ -243,6 +246,7 @@ impl Relay {
             idle: tunnel
                 .idle_timeout
                 .map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
+            idle_waker: None,
             last_activity: coarse_ms(),
             started: now,
             closing: None,
@@ -325,8 +329,23 @@ impl Relay {
         let Some((timeout, sleep)) = self.idle.as_mut() else {
             return false;
         };
+        if !sleep.is_elapsed()
+            && self
+                .idle_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return false;
+        }
         loop {
             if sleep.as_mut().poll(cx).is_pending() {
+                if !self
+                    .idle_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    self.idle_waker = Some(cx.waker().clone());
+                }
                 return false;
             }
             let idle = Duration::from_millis(coarse_ms().saturating_sub(self.last_activity));
