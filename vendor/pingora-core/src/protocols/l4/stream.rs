@@ -839,6 +839,12 @@ impl Drop for Stream {
         if let Some(t) = self.tracer.as_ref() {
             t.0.on_disconnected();
         }
+        // pingora-gateway patch: nothing buffered, nothing to flush; skip the status probe
+        // below (a `getsockopt` per closed connection). See PATCHED.md, 12.
+        if self.stream().writer().buffer().is_empty() {
+            debug!("Dropping socket {:?}", self.stream);
+            return;
+        }
         /* use nodelay/local_addr function to detect socket status */
         let ret = match &self.stream().get_ref().stream {
             RawStream::Tcp(s) => s.nodelay().err(),

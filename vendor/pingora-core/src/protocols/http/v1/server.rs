@@ -1657,6 +1657,16 @@ impl HttpSession {
     /// be returned.
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
         if !self.will_keepalive() {
+            // pingora-gateway patch: a client that asked for `Connection: close` and whose
+            // request body is all read sends nothing more: dropping the stream closes it with
+            // the same FIN, without a `shutdown` syscall first. See PATCHED.md, 12.
+            if self.is_connection_keepalive() == Some(false)
+                && self.body_reader.body_done()
+                && !self.body_reader.has_bytes_overread()
+            {
+                debug!("HTTP close connection");
+                return Ok(None);
+            }
             debug!("HTTP shutdown connection");
             self.shutdown().await;
             Ok(None)
