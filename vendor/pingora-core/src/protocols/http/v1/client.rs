@@ -444,6 +444,30 @@ impl HttpSession {
         Ok(Box::new(self.resp_header().unwrap().clone()))
     }
 
+    /// pingora-gateway patch: like [`Self::read_resp_header_parts()`], but hands the parsed
+    /// header over instead of copying it. The session keeps a stub with what it still needs
+    /// (status, version and the `Connection`, `Keep-Alive` and `Transfer-Encoding` headers, for
+    /// keep-alive and framing decisions), so after this call [`Self::resp_header()`] only shows
+    /// those. See PATCHED.md, 13.
+    pub async fn take_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
+        self.read_response().await?;
+        // safe to unwrap because it is just read
+        let full = self.response_header.take().unwrap();
+        let mut stub = ResponseHeader::build_no_case(full.status, Some(0))?;
+        stub.set_version(full.version);
+        for name in [
+            header::CONNECTION,
+            header::HeaderName::from_static("keep-alive"),
+            header::TRANSFER_ENCODING,
+        ] {
+            for v in full.headers.get_all(&name) {
+                stub.append_header(name.clone(), v.clone())?;
+            }
+        }
+        self.response_header = Some(Box::new(stub));
+        Ok(full)
+    }
+
     /// Return a reference of the [`ResponseHeader`] if the response is read
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
@@ -813,7 +837,8 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            // pingora-gateway patch: handed over, not copied (PATCHED.md, 13).
+            let resp_header = self.take_resp_header_parts().await?;
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
