@@ -74,6 +74,9 @@ impl ProxyTaskState {
 }
 
 /// The HTTP 1.x server session
+/// pingora-gateway patch: header slots reserved beyond those parsed (PATCHED.md, 14).
+const SPARE_HEADERS: usize = 8;
+
 pub struct HttpSession {
     underlying_stream: Stream,
     /// The buf that holds the raw request header + possibly a portion of request body
@@ -523,7 +526,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // pingora-gateway patch: room for the headers a proxy adds
+                            // (X-Forwarded-*, Via...) without a rehash. See PATCHED.md, 14.
+                            Some(req.headers.len() + SPARE_HEADERS),
                         )?);
 
                         request_header.set_version(match req.version {
