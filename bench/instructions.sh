@@ -9,7 +9,8 @@
 # with 1,000 and once with 5,000 GETs on /health over 4 keep-alive connections (a Python
 # client); the difference of the two totals divided by 4,000 is the per-request count, so
 # start-up, the health checker and shutdown cancel out. The gateway uses the features-on
-# config of bench/run.sh. Needs valgrind (apt-get install valgrind) and python3.
+# config of bench/run.sh (bench/gateway-config.sh). Needs valgrind (apt-get install
+# valgrind) and python3.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GW=${1:-$ROOT/target/release/gateway}
@@ -39,23 +40,8 @@ for i in range(n):
     while len(body) < cl:
         body += s.recv(65536)
 PY
-cat >"$WORK/gw.yaml" <<YAML
-server: { threads: 1, pid_file: $WORK/gw.pid, upgrade_sock: $WORK/gw.sock }
-listeners: [ { address: "127.0.0.1:$P_PROXY" } ]
-admin: { address: "127.0.0.1:$P_ADMIN" }
-upstreams:
-  app:
-    servers: [ { address: "127.0.0.1:$P_BACKEND" } ]
-    health_check: { http: { path: /health }, interval: 1s }
-    affinity: { socketio: true }
-routes:
-  - { match: { host: api.example.com, path_prefix: /v1/ }, upstream: app, strip_prefix: true }
-  - { match: { host: "*.example.org" }, upstream: app }
-  - { match: { path: /robots.txt }, respond: { body: "User-agent: *\n" } }
-  - { match: { path_prefix: /old/ }, redirect: { to: /new/, keep_path: true } }
-  - { match: { path_prefix: /static/ }, upstream: app, response_headers: { set: { Cache-Control: "max-age=60" } } }
-  - { upstream: app }
-YAML
+. "$ROOT/bench/gateway-config.sh"
+features_config "$WORK" "$P_PROXY" "$P_ADMIN" "$P_BACKEND" >"$WORK/gw.yaml"
 "$BACKEND" --listen "127.0.0.1:$P_BACKEND" --name b1 >/dev/null 2>&1 &
 # total instructions of one proxy process serving $2 requests; $1.. the proxy command
 count() {

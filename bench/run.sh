@@ -175,27 +175,9 @@ wait_http() { # URL [tries]
 }
 
 # ---- configs -----------------------------------------------------------------------------
-# The gateway with its features on: a route table (the benchmark's requests match the last
-# route), forwarded headers (X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP: defaults), an
-# active HTTP health check, Socket.IO affinity on the pool, per-backend counters served on the
-# admin listener. Compared with "bare": Pingora's round-robin example on the same build.
-cat >"$WORK/gw.yaml" <<EOF
-server: { threads: 1, pid_file: $WORK/gw.pid, upgrade_sock: $WORK/gw.sock }
-listeners: [ { address: "127.0.0.1:$P_GW" } ]
-admin: { address: "127.0.0.1:$P_GWADMIN" }
-upstreams:
-  app:
-    servers: [ { address: "127.0.0.1:$P_BACKEND" } ]
-    health_check: { http: { path: /health }, interval: 1s }
-    affinity: { socketio: true }
-routes:
-  - { match: { host: api.example.com, path_prefix: /v1/ }, upstream: app, strip_prefix: true }
-  - { match: { host: "*.example.org" }, upstream: app }
-  - { match: { path: /robots.txt }, respond: { body: "User-agent: *\n" } }
-  - { match: { path_prefix: /old/ }, redirect: { to: /new/, keep_path: true } }
-  - { match: { path_prefix: /static/ }, upstream: app, response_headers: { set: { Cache-Control: "max-age=60" } } }
-  - { upstream: app }
-EOF
+# The gateway with its features on (bench/gateway-config.sh, shared with bench/instructions.sh).
+. "$ROOT/bench/gateway-config.sh"
+features_config "$WORK" "$P_GW" "$P_GWADMIN" "$P_BACKEND" >"$WORK/gw.yaml"
 # The same gateway with the per-request metric counters off (admin.metrics: false), to show
 # what /metrics costs on the request path (keep-alive scenario only).
 sed -e "s/127.0.0.1:$P_GW\"/127.0.0.1:$P_GWNM\"/; s/127.0.0.1:$P_GWADMIN\"/127.0.0.1:$P_GWNMADMIN\", metrics: false/" \
