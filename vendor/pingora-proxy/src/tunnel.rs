@@ -329,21 +329,16 @@ impl Relay {
         let Some((timeout, sleep)) = self.idle.as_mut() else {
             return false;
         };
-        if !sleep.is_elapsed()
-            && self
-                .idle_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        let registered = self
+            .idle_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if registered && !sleep.is_elapsed() {
             return false;
         }
         loop {
             if sleep.as_mut().poll(cx).is_pending() {
-                if !self
-                    .idle_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
+                if !registered {
                     self.idle_waker = Some(cx.waker().clone());
                 }
                 return false;

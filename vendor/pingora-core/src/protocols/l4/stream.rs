@@ -557,18 +557,6 @@ impl Stream {
         self.connection_guard.take()
     }
 
-    /// pingora-gateway patch: whether reads and writes that wait are timed (two clock reads
-    /// per wait, for `get_read_pending_time` / `get_write_pending_time`). On by default; a
-    /// relay that never reports them turns it off (see PATCHED.md, 11).
-    pub fn set_track_pending_time(&mut self, on: bool) {
-        self.read_pending_time.off = !on;
-        self.write_pending_time.off = !on;
-        if !on {
-            self.read_pending_time.stop();
-            self.write_pending_time.stop();
-        }
-    }
-
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
@@ -809,8 +797,15 @@ impl GetTimingDigest for Stream {
         self.write_pending_time.total
     }
 
+    /// pingora-gateway patch: whether reads and writes that wait are timed (two clock reads
+    /// per wait). On by default; a relay that never reports them turns it off (PATCHED.md, 11).
     fn set_track_pending_time(&mut self, on: bool) {
-        Stream::set_track_pending_time(self, on)
+        self.read_pending_time.off = !on;
+        self.write_pending_time.off = !on;
+        if !on {
+            self.read_pending_time.stop();
+            self.write_pending_time.stop();
+        }
     }
 }
 
