@@ -751,6 +751,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if end_of_stream && !ctx.upgrade {
+            // The backend is done with this request once its body is in: least_conn must
+            // not count it while the last chunk is still on its way to the client.
+            ctx.in_flight = None;
+        }
         if ctx.check_unknown {
             if let (Some(b), Some(key), Some((_, aff))) =
                 (body.as_ref(), ctx.pin.sid_key, self.affinity(ctx))
