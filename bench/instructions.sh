@@ -52,7 +52,7 @@ count() {
   for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$P_PROXY/health" && break; sleep 0.3; done
   python3 "$WORK/client.py" "$P_PROXY" "$n"
   kill -INT $pid; wait $pid 2>/dev/null || true
-  grep -h '^summary:\|^totals:' "$WORK"/cg.* | awk '{s += $2} END {print s}'
+  grep -h '^totals:' "$WORK"/cg.* | awk '{s += $2} END {print s}'
 }
 per_request() {
   local a b

@@ -363,7 +363,10 @@ impl Forwarded {
                 } else {
                     fmt_ip(real, &mut b)
                 };
-                let _ = req.insert_header(named(&XRI, "X-Real-IP"), real_s);
+                // Spelled in canonical Title-Case, as every added header is: Pingora then keeps
+                // no case entry for the request (vendor/pingora-http patch 15). Names are
+                // case-insensitive (RFC 9110 5.1); HAProxy sends them all in lower case.
+                let _ = req.insert_header(named(&XRI, "X-Real-Ip"), real_s);
             }
             match self.xff {
                 XffMode::Off => {}

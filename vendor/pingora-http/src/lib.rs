@@ -64,6 +64,9 @@ type CaseMap = HMap<CaseHeaderName>;
 pub enum HeaderNameVariant<'a> {
     Case(&'a CaseHeaderName),
     Titled(&'a str),
+    /// pingora-gateway patch: a case-preserving header whose name arrived in canonical
+    /// Title-Case (`Content-Type`, `X-Request-Id`): no case entry, written title-cased.
+    Canonical(&'a HeaderName),
 }
 
 /// The HTTP request header type.
@@ -152,10 +155,8 @@ impl RequestHeader {
     /// parsed with room for its own headers only does not grow (reallocate and rehash) both
     /// maps step by step.
     pub fn reserve_headers(&mut self, additional: usize) {
+        // The case map holds only non-canonical spellings (patch 15): nothing to reserve there.
         self.base.headers.reserve(additional);
-        if let Some(map) = self.header_name_map.as_mut() {
-            map.reserve(additional);
-        }
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
@@ -178,9 +179,9 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Self> {
         let mut req = Self::build_no_case(method, path, size_hint)?;
-        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        // pingora-gateway patch (15): entries only for non-canonical spellings, so usually
+        // none, and an empty HeaderMap does not allocate.
+        req.header_name_map = Some(CaseMap::with_capacity(0));
         Ok(req)
     }
 
@@ -261,7 +262,7 @@ impl RequestHeader {
     /// Otherwise returns an empty iterator.
     ///
     /// Headers of the same name are visited in insertion order.
-    pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
+    pub fn case_header_iter(&self) -> impl Iterator<Item = (CaseHeaderName, &HeaderValue)> + '_ {
         case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
     }
 
@@ -278,13 +279,13 @@ impl RequestHeader {
         let value_map = &self.base.headers;
 
         if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
+            // pingora-gateway patch (15): the case map is sparse, looked up by name.
+            let sparse = !key_map.is_empty();
+            for (header, val) in value_map {
+                match sparse.then(|| key_map.get(header)).flatten() {
+                    Some(case_header) => f(HeaderNameVariant::Case(case_header), val)?,
+                    None => f(HeaderNameVariant::Canonical(header), val)?,
                 }
-                f(HeaderNameVariant::Case(case_header), val)?;
             }
         } else {
             for (header, value) in value_map {
@@ -518,9 +519,8 @@ impl From<Box<ResponseHeader>> for Box<RespParts> {
 impl ResponseHeader {
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
-        resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        // pingora-gateway patch (15): see RequestHeader::build.
+        resp_header.header_name_map = Some(CaseMap::with_capacity(0));
         resp_header
     }
 
@@ -615,7 +615,7 @@ impl ResponseHeader {
     /// Otherwise returns an empty iterator.
     ///
     /// Headers of the same name are visited in insertion order.
-    pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
+    pub fn case_header_iter(&self) -> impl Iterator<Item = (CaseHeaderName, &HeaderValue)> + '_ {
         case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
     }
 
@@ -632,13 +632,13 @@ impl ResponseHeader {
         let value_map = &self.base.headers;
 
         if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
+            // pingora-gateway patch (15): the case map is sparse, looked up by name.
+            let sparse = !key_map.is_empty();
+            for (header, val) in value_map {
+                match sparse.then(|| key_map.get(header)).flatten() {
+                    Some(case_header) => f(HeaderNameVariant::Case(case_header), val)?,
+                    None => f(HeaderNameVariant::Canonical(header), val)?,
                 }
-                f(HeaderNameVariant::Case(case_header), val)?;
             }
         } else {
             for (header, value) in value_map {
@@ -866,12 +866,16 @@ fn append_header_value<T>(
     let (header_name, case_header_name) = name.into_header_names()?;
     // store the original case in the map
     if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        // pingora-gateway patch (15): only a spelling that is not canonical Title-Case gets an
+        // entry, one per name (the last such spelling wins).
+        if !is_canonical_spelling(&header_name, case_header_name.as_slice()) {
+            // Use the non-panicking `try_insert`: the infallible one calls
+            // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+            // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
+            name_map
+                .try_insert(header_name.clone(), case_header_name)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
     }
 
     // Non-panicking `try_append` for the same reason as the case map above.
@@ -890,8 +894,13 @@ fn insert_header_value<T>(
 ) -> Result<()> {
     let (header_name, case_header_name) = name.into_header_names()?;
     if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
+        // store the original case in the map: pingora-gateway patch (15), only when it is
+        // not canonical; a canonical spelling drops an older entry.
+        if !is_canonical_spelling(&header_name, case_header_name.as_slice()) {
+            name_map.insert(header_name.clone(), case_header_name);
+        } else if !name_map.is_empty() {
+            name_map.remove(&header_name);
+        }
     }
     value_map.insert(header_name, value);
     Ok(())
@@ -909,7 +918,7 @@ where
 {
     let removed = value_map.remove(name);
     if removed.is_some() {
-        if let Some(name_map) = name_map {
+        if let Some(name_map) = name_map.filter(|m| !m.is_empty()) {
             name_map.remove(name);
         }
     }
@@ -1019,12 +1028,18 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
     const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
 
     if let Some(key_map) = key_map {
-        case_header_iter(key_map.into(), value_map).for_each(|(case_header, val)| {
-            buf.put_slice(case_header.as_slice());
+        // pingora-gateway patch (15): the case map is sparse, looked up by name only when it
+        // has entries at all.
+        let sparse = !key_map.is_empty();
+        for (header, val) in value_map {
+            match sparse.then(|| key_map.get(header)).flatten() {
+                Some(case_header) => buf.put_slice(case_header.as_slice()),
+                None => put_canonical_spelling(header, buf),
+            }
             buf.put_slice(HEADER_KV_DELIMITER);
             buf.put_slice(val.as_ref());
             buf.put_slice(CRLF);
-        });
+        }
     } else {
         for (header, value) in value_map {
             let titled_header =
@@ -1041,17 +1056,64 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
 fn case_header_iter<'a>(
     name_map: Option<&'a CaseMap>,
     value_map: &'a HMap,
-) -> impl Iterator<Item = (&'a CaseHeaderName, &'a HeaderValue)> + 'a {
-    name_map.into_iter().flat_map(|name_map| {
-        name_map
-            .iter()
-            .zip(value_map.iter())
-            .map(|((h1, name), (h2, value))| {
-                // in case the header iteration order changes in future versions of HMap
-                assert_eq!(h1, h2, "header iter mismatch {}, {}", h1, h2);
-                (name, value)
-            })
+) -> impl Iterator<Item = (CaseHeaderName, &'a HeaderValue)> + 'a {
+    // pingora-gateway patch (15): names without an entry are spelled canonically.
+    name_map.into_iter().flat_map(move |name_map| {
+        value_map.iter().map(move |(header, value)| {
+            let name = name_map.get(header).cloned().unwrap_or_else(|| {
+                let mut spelled = Vec::with_capacity(header.as_str().len());
+                put_canonical_spelling(header, &mut spelled);
+                CaseHeaderName::from_slice(&spelled)
+            });
+            (name, value)
+        })
     })
+}
+
+/// pingora-gateway patch (15): whether `spelled` is `name` in canonical Title-Case (each
+/// `-`-separated word capitalised, the rest lower case), the spelling a case-preserving header
+/// needs no case entry for.
+#[inline]
+fn is_canonical_spelling(name: &HeaderName, spelled: &[u8]) -> bool {
+    let lower = name.as_str().as_bytes();
+    if lower.len() != spelled.len() {
+        return false;
+    }
+    let mut word_start = true;
+    for (&l, &s) in lower.iter().zip(spelled) {
+        let want = if word_start { l.to_ascii_uppercase() } else { l };
+        if s != want {
+            return false;
+        }
+        word_start = l == b'-';
+    }
+    true
+}
+
+/// pingora-gateway patch (15): writes `name` in canonical Title-Case.
+#[inline]
+fn put_canonical_spelling(name: &HeaderName, buf: &mut impl BufMut) {
+    if let Some(titled) = case_header_name::titled_header_name_str(name) {
+        buf.put_slice(titled.as_bytes());
+        return;
+    }
+    let lower = name.as_str().as_bytes();
+    let mut tmp = [0u8; 64];
+    if lower.len() > tmp.len() {
+        let mut word_start = true;
+        for &l in lower {
+            buf.put_u8(if word_start { l.to_ascii_uppercase() } else { l });
+            word_start = l == b'-';
+        }
+        return;
+    }
+    let out = &mut tmp[..lower.len()];
+    let mut word_start = true;
+    for (o, &l) in out.iter_mut().zip(lower) {
+        *o = if word_start { l.to_ascii_uppercase() } else { l };
+        word_start = l == b'-';
+    }
+    buf.put_slice(out);
 }
 
 #[cfg(test)]
@@ -1123,6 +1185,40 @@ mod tests {
         assert!(resp.case_header_iter().next().is_none());
     }
 
+    /// pingora-gateway patch (15): canonical spellings need no case entry, others keep theirs.
+    #[test]
+    fn test_sparse_case_map() {
+        let long = format!("X-{}", "Abc-".repeat(20) + "Z");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("Host", "a").unwrap();
+        req.append_header("User-Agent", "b").unwrap();
+        req.append_header("X-Request-Id", "c").unwrap();
+        req.append_header(long.clone(), "d").unwrap();
+        assert!(req.header_name_map.as_ref().unwrap().is_empty());
+        req.append_header("ETag", "e").unwrap();
+        req.append_header("x-lower", "f").unwrap();
+        assert_eq!(req.header_name_map.as_ref().unwrap().len(), 2);
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        let want = format!(
+            "Host: a\r\nUser-Agent: b\r\nX-Request-Id: c\r\n{long}: d\r\nETag: e\r\nx-lower: f\r\n"
+        );
+        assert_eq!(String::from_utf8(buf).unwrap(), want);
+        // A canonical insert replaces the spelling; a removal drops the entry.
+        req.insert_header("Etag", "g").unwrap();
+        req.remove_header("x-lower");
+        assert!(req.header_name_map.as_ref().unwrap().is_empty());
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert!(String::from_utf8(buf).unwrap().ends_with("Etag: g\r\n"));
+        // A clone keeps the spellings.
+        req.insert_header("WWW-Authenticate", "h").unwrap();
+        let copy = req.clone();
+        let mut buf: Vec<u8> = vec![];
+        copy.header_to_h1_wire(&mut buf);
+        assert!(String::from_utf8(buf).unwrap().ends_with("WWW-Authenticate: h\r\n"));
+    }
+
     #[test]
     fn test_multiple_header() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
@@ -1137,14 +1233,15 @@ mod tests {
         req.header_to_h1_wire(&mut buf);
         assert_eq!(
             buf,
-            b"FoO: Bar\r\nfOO: bar\r\nBAZ: baR\r\nContent-Length: 0\r\n"
+            // pingora-gateway patch (15): one spelling per name, the last non-canonical one.
+            b"fOO: Bar\r\nfOO: bar\r\nBAZ: baR\r\nContent-Length: 0\r\n"
         );
         req.case_header_iter().enumerate().for_each(|(i, (k, v))| {
             let name = String::from_utf8_lossy(k.as_slice()).into_owned();
             let value = String::from_utf8_lossy(v.as_ref()).into_owned();
             match i + 1 {
                 1 => {
-                    assert_eq!(name, "FoO");
+                    assert_eq!(name, "fOO");
                     assert_eq!(value, "Bar");
                 }
                 2 => {
@@ -1175,14 +1272,15 @@ mod tests {
         resp.header_to_h1_wire(&mut buf);
         assert_eq!(
             buf,
-            b"FoO: Bar\r\nfOO: bar\r\nBAZ: baR\r\nContent-Length: 0\r\n"
+            // pingora-gateway patch (15): one spelling per name, the last non-canonical one.
+            b"fOO: Bar\r\nfOO: bar\r\nBAZ: baR\r\nContent-Length: 0\r\n"
         );
         resp.case_header_iter().enumerate().for_each(|(i, (k, v))| {
             let name = String::from_utf8_lossy(k.as_slice()).into_owned();
             let value = String::from_utf8_lossy(v.as_ref()).into_owned();
             match i + 1 {
                 1 => {
-                    assert_eq!(name, "FoO");
+                    assert_eq!(name, "fOO");
                     assert_eq!(value, "Bar");
                 }
                 2 => {
