@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit + integration tests (real gateway binary, real backends on
-# 127.0.0.1), the examples, and the Socket.IO real-client suite when present.
+# 127.0.0.1), the examples, the vendored Pingora crates' quick unit tests, and the Socket.IO
+# real-client suite when present.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -13,6 +14,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --all-targets --no-fail-fast
 fi
+"$root/scripts/test-vendor.sh"
 "$root/scripts/check-deploy.sh"
 if [ -f "$root/tests/socketio/package.json" ]; then
   cargo build --bin gateway

@@ -9,6 +9,7 @@
 //! traffic in either direction, replaces a timer per read and write.
 
 use bytes::Bytes;
+use pingora_core::protocols::l4::stream::Stream as TcpSide;
 use pingora_core::protocols::Stream;
 use std::cell::RefCell;
 use std::future::Future;
@@ -67,6 +68,56 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
 }
 
+/// One side of the relay: a plain TCP stream is read and written through its relay methods
+/// (straight to the socket when nothing is buffered: pingora-core patch 15), anything else
+/// (TLS, Unix) through its `AsyncRead`/`AsyncWrite`.
+enum Side {
+    Tcp(Box<TcpSide>),
+    Other(Stream),
+}
+
+impl Side {
+    fn new(mut stream: Stream) -> Self {
+        // Nobody reads a relayed stream's pending times: skip their clock reads.
+        stream.set_track_pending_time(false);
+        if stream.as_any().is::<TcpSide>() {
+            if let Ok(tcp) = stream.into_any().downcast::<TcpSide>() {
+                return Side::Tcp(tcp);
+            }
+            unreachable!("checked with is::<TcpSide>() above");
+        }
+        Side::Other(stream)
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Side::Tcp(s) => s.poll_read_relay(cx, buf),
+            Side::Other(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Side::Tcp(s) => s.poll_write_relay(cx, buf),
+            Side::Other(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Side::Tcp(s) => s.poll_flush_relay(cx),
+            Side::Other(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Side::Tcp(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Side::Other(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One direction of the relay.
 #[derive(Default)]
 struct Half {
@@ -92,9 +143,9 @@ enum Step {
 
 impl Half {
     /// Writes `pending` to `dst`; `Ready(true)` once nothing is pending.
-    fn drain(&mut self, dst: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn drain(&mut self, dst: &mut Side, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(p) = self.pending.as_mut() {
-            match Pin::new(&mut *dst).poll_write(cx, p) {
+            match dst.poll_write(cx, p) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     self.need_flush = true;
@@ -109,7 +160,7 @@ impl Half {
             }
         }
         if self.need_flush {
-            match Pin::new(&mut *dst).poll_flush(cx) {
+            match dst.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.need_flush = false,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -121,8 +172,8 @@ impl Half {
     /// Moves bytes from `src` to `dst` until one of them would block.
     fn pump(
         &mut self,
-        src: &mut Stream,
-        dst: &mut Stream,
+        src: &mut Side,
+        dst: &mut Side,
         cx: &mut Context<'_>,
         active: &mut bool,
     ) -> Step {
@@ -138,7 +189,7 @@ impl Half {
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 let mut buf = ReadBuf::new(&mut scratch[..]);
-                match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                match src.poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) => {
                         let data = buf.filled();
                         if data.is_empty() {
@@ -148,7 +199,7 @@ impl Half {
                         // Write straight through; keep only what the writer cannot take.
                         let mut off = 0;
                         while off < n {
-                            match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {
+                            match dst.poll_write(cx, &data[off..]) {
                                 Poll::Ready(Ok(0)) => {
                                     return Poll::Ready(Err(Err(io::Error::from(
                                         io::ErrorKind::WriteZero,
@@ -195,16 +246,22 @@ impl Half {
 
 /// The relay future of one detached tunnel.
 pub(crate) struct Relay {
-    downstream: Stream,
-    upstream: Stream,
+    downstream: Side,
+    upstream: Side,
     up: Half,
     down: Half,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     /// The waker the idle timer holds: until the timer fires (`is_elapsed`), polling it again
     /// with the same waker on every wake-up would only re-register it.
     idle_waker: Option<Waker>,
-    /// [`coarse_ms`] of the last poll that moved bytes.
-    last_activity: u64,
+    /// Bytes moved since the idle timer last fired: set per poll that moved bytes, without a
+    /// clock read; the clock is read when the timer fires and when bytes move again after a
+    /// quiet spell (`quiet`).
+    moved: bool,
+    /// The idle timer waits for the deadline (nothing moved when it last fired).
+    quiet: bool,
+    /// When the idle timer last found that bytes had moved: the start of the quiet time.
+    last_activity: Instant,
     started: Instant,
     closing: Option<(TunnelEnd, bool)>,
     on_close: Option<Box<dyn FnOnce(&TunnelStats) + Send + Sync>>,
@@ -220,10 +277,7 @@ impl Relay {
         upstream_unread: Option<Bytes>,
         tunnel: DetachedTunnel,
     ) -> Self {
-        let (mut downstream, mut upstream) = (downstream, upstream);
-        // Nobody reads a relayed stream's pending times: skip their clock reads.
-        downstream.set_track_pending_time(false);
-        upstream.set_track_pending_time(false);
+        let (downstream, upstream) = (Side::new(downstream), Side::new(upstream));
         let now = Instant::now();
         let to_up = downstream_unread.as_ref().map_or(0, |b| b.len() as u64);
         let to_down = upstream_unread.as_ref().map_or(0, |b| b.len() as u64);
@@ -245,9 +299,11 @@ impl Relay {
             },
             idle: tunnel
                 .idle_timeout
-                .map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
+                .map(|d| (d, Box::pin(tokio::time::sleep_until(now + idle_check(d))))),
             idle_waker: None,
-            last_activity: coarse_ms(),
+            moved: false,
+            quiet: false,
+            last_activity: now,
             started: now,
             closing: None,
             on_close: tunnel.on_close,
@@ -279,7 +335,7 @@ impl Future for Relay {
                 (&mut this.down, &mut this.downstream)
             };
             let res = match half.drain(dst, cx) {
-                Poll::Ready(Ok(())) => Pin::new(&mut *dst).poll_shutdown(cx),
+                Poll::Ready(Ok(())) => dst.poll_shutdown(cx),
                 other => other,
             };
             if res.is_pending() && !this.idle_expired(cx) {
@@ -295,8 +351,9 @@ impl Future for Relay {
         let down = this
             .down
             .pump(&mut this.upstream, &mut this.downstream, cx, &mut active);
-        if active {
-            this.last_activity = coarse_ms();
+        if active && !this.moved {
+            this.moved = true;
+            this.resume_idle_checks();
         }
         let end = match (up, down) {
             (Step::ReadError, _) | (_, Step::WriteError) => Some(TunnelEnd::DownstreamError),
@@ -324,7 +381,12 @@ impl Future for Relay {
 }
 
 impl Relay {
-    /// Whether the idle deadline has passed; otherwise (re)arms it for the current deadline.
+    /// Whether the idle deadline has passed; otherwise keeps the idle timer armed.
+    ///
+    /// Traffic only sets `moved`. The timer fires every [`idle_check`] (an eighth of the
+    /// timeout) while bytes move, and once at the deadline when they stopped; so a tunnel
+    /// closes between `timeout` and `timeout` + an eighth of it after its last byte, and a busy
+    /// tunnel reads the fine clock a few times per timeout, not per message.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let Some((timeout, sleep)) = self.idle.as_mut() else {
             return false;
@@ -343,34 +405,42 @@ impl Relay {
                 }
                 return false;
             }
-            let idle = Duration::from_millis(coarse_ms().saturating_sub(self.last_activity));
-            let Some(left) = timeout.checked_sub(idle).filter(|l| !l.is_zero()) else {
+            let now = Instant::now();
+            let moved = std::mem::take(&mut self.moved);
+            if moved {
+                self.last_activity = now;
+            }
+            let deadline = self.last_activity + *timeout;
+            if now >= deadline {
                 return true;
-            };
-            // Traffic moved the deadline: re-arm the one timer lazily.
-            sleep.as_mut().reset(Instant::now() + left);
+            }
+            // Busy: check again soon. Quiet: wait for the deadline (bytes moving again bring
+            // the check back: `resume_idle_checks`).
+            self.quiet = !moved;
+            sleep
+                .as_mut()
+                .reset(if moved { now + idle_check(*timeout) } else { deadline });
+        }
+    }
+
+    /// Bytes moved after a quiet spell: the idle timer, armed for the deadline, fires within
+    /// an eighth of the timeout again, so the deadline is never more than that late.
+    fn resume_idle_checks(&mut self) {
+        let Some((timeout, sleep)) = self.idle.as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut self.quiet) {
+            sleep.as_mut().reset(Instant::now() + idle_check(*timeout));
+            // Poll it again, to be sure it holds this task's waker for the new deadline.
+            self.idle_waker = None;
         }
     }
 }
 
-/// Milliseconds on `CLOCK_MONOTONIC_COARSE`: read per poll that moved bytes, it costs a few
-/// nanoseconds (no TSC read) and is precise to a scheduler tick (1-4 ms), plenty for an idle
-/// deadline. The fine clock is read only when the idle timer fires.
-#[cfg(target_os = "linux")]
-fn coarse_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into the timespec above; CLOCK_MONOTONIC_COARSE exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
-#[cfg(not(target_os = "linux"))]
-fn coarse_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+/// How often a busy tunnel's idle timer fires: an eighth of the timeout (at least 10 ms), the
+/// most a tunnel can outlive its idle timeout by.
+fn idle_check(timeout: Duration) -> Duration {
+    (timeout / 8).max(Duration::from_millis(10)).min(timeout)
 }
 
 impl Drop for Relay {

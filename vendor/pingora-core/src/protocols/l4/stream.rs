@@ -561,6 +561,68 @@ impl Stream {
         self.stream.as_ref().expect("stream should always be set")
     }
 
+    /// pingora-gateway patch: the TCP socket itself when nothing sits between it and a relay:
+    /// no rewind data and an empty read buffer (when `reading`), an empty write buffer, no rx
+    /// timestamps. See PATCHED.md, 15.
+    #[inline]
+    fn direct_tcp(&mut self, reading: bool) -> Option<&mut TcpStream> {
+        if reading && !self.rewind_read_buf.is_empty() {
+            return None;
+        }
+        let writer = match self.stream.as_mut()? {
+            BufferedStream::UnbufferedRead(writer) => writer,
+            BufferedStream::BufferedRead(reader) => {
+                if reading && !reader.buffer().is_empty() {
+                    return None;
+                }
+                reader.get_mut()
+            }
+        };
+        if !writer.buffer().is_empty() {
+            return None;
+        }
+        let raw = writer.get_mut();
+        #[cfg(target_os = "linux")]
+        if raw.enable_rx_ts {
+            return None;
+        }
+        match &mut raw.stream {
+            RawStream::Tcp(tcp) => Some(tcp),
+            _ => None,
+        }
+    }
+
+    /// pingora-gateway patch: a read for a byte relay (an upgraded connection): straight from
+    /// the socket when nothing is buffered, without the buffer, timing and rx-timestamp layers.
+    pub fn poll_read_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.direct_tcp(true) {
+            Some(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            None => Pin::new(self).poll_read(cx, buf),
+        }
+    }
+
+    /// pingora-gateway patch: a write for a byte relay: straight to the socket once the write
+    /// buffer is empty (so nothing is reordered), without copying into it.
+    pub fn poll_write_relay(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.direct_tcp(false) {
+            Some(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            None => Pin::new(self).poll_write(cx, buf),
+        }
+    }
+
+    /// pingora-gateway patch: a flush for a byte relay: nothing to do when the write buffer is
+    /// empty (the socket has no buffer of its own to flush).
+    pub fn poll_flush_relay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.direct_tcp(false).is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(self).poll_flush(cx)
+    }
+
     fn stream_mut(&mut self) -> &mut BufferedStream {
         self.stream.as_mut().expect("stream should always be set")
     }
@@ -1068,6 +1130,50 @@ mod tests {
         let n = stream.read(buffer.as_mut_slice()).await.unwrap();
         assert_eq!(n, message.len());
         assert!(stream.rx_ts.is_none());
+    }
+
+    /// pingora-gateway patch 15: the relay methods never reorder or drop buffered bytes.
+    #[tokio::test]
+    async fn test_relay_io_keeps_buffered_bytes_in_order() {
+        use std::future::poll_fn;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"from peer").await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        stream.set_buffer(L4BufferSettings {
+            read: Some(1024),
+            write: Some(1024),
+        });
+        // Buffered, not flushed: a relay write must queue behind it, not overtake it.
+        stream.write_all(b"buffered ").await.unwrap();
+        assert!(stream.direct_tcp(false).is_none());
+        let n = poll_fn(|cx| stream.poll_write_relay(cx, b"relayed ")).await.unwrap();
+        assert_eq!(n, 8);
+        poll_fn(|cx| stream.poll_flush_relay(cx)).await.unwrap();
+        // Now empty: straight to the socket.
+        assert!(stream.direct_tcp(false).is_some());
+        let n = poll_fn(|cx| stream.poll_write_relay(cx, b"direct")).await.unwrap();
+        assert_eq!(n, 6);
+        // Rewound bytes come before what the socket holds.
+        stream.rewind(b"rewound ");
+        assert!(stream.direct_tcp(true).is_none());
+        let mut got = Vec::new();
+        while got.len() < b"rewound from peer".len() {
+            let mut buf = [0u8; 64];
+            let mut rb = ReadBuf::new(&mut buf);
+            poll_fn(|cx| stream.poll_read_relay(cx, &mut rb)).await.unwrap();
+            assert!(!rb.filled().is_empty());
+            got.extend_from_slice(rb.filled());
+        }
+        assert_eq!(got, b"rewound from peer");
+        AsyncWriteExt::shutdown(&mut stream).await.unwrap();
+        assert_eq!(peer.await.unwrap(), b"buffered relayed direct");
     }
 
     #[tokio::test]
