@@ -27,5 +27,7 @@ for c in "${crates[@]}"; do
     v=$(basename "$v")
     [ "$v" = "$c" ] || patches+=(--config "patch.crates-io.$v.path=\"$root/vendor/$v\"")
   done
+  # Start from the workspace's lock file: the same dependency versions as the gateway's build.
+  cp "$root/Cargo.lock" "$root/vendor/$c/Cargo.lock"
   (cd "$root/vendor/$c" && cargo test "${patches[@]}" --lib -q -- "${skip[@]}")
 done
