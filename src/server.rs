@@ -42,6 +42,9 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
     // after forking, and a daemon that bootstraps fast kills it. `gateway upgrade` checks
     // readiness itself (new pid, socket hand-over, admin answer).
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Nothing here reads Pingora's per-stream pending times (time spent waiting on reads and
+    // writes): skip their two clock reads per wait (vendor/pingora-core patch 17).
+    pingora_core::protocols::l4::stream::set_track_pending_time_default(false);
     // Daemonising forks after this point: the socket hand-over (bootstrap) must then run as a
     // service in the daemon, which reports readiness to the launcher when done.
     let bootstrap = if flags.daemon {

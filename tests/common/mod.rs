@@ -185,8 +185,15 @@ impl Gateway {
             let yaml = template
                 .replace("{PORT}", &port.to_string())
                 .replace("{ADMIN}", &admin_port.to_string());
-            let gw = Self::try_start_bin(bin, &yaml, port, admin_port, &[])
-                .unwrap_or_else(|e| panic!("{e}"));
+            let gw = match Self::try_start_bin(bin, &yaml, port, admin_port, &[]) {
+                Ok(gw) => gw,
+                // taken by another process's connection (not listening): fresh ports
+                Err(e) if e.contains("is in use") => {
+                    last = e;
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            };
             // The admin service starts after the proxy's listeners are bound (or refused).
             if !yaml.contains(&format!(":{admin_port}")) {
                 std::thread::sleep(Duration::from_millis(50));
@@ -250,6 +257,15 @@ impl Gateway {
             let admin_listed = admin_port != 0 && yaml.contains(&format!(":{admin_port}"));
             if port_open(port) && (!admin_listed || port_open(admin_port)) {
                 return Ok(gw);
+            }
+            // A port bound by another process's connection never opens for us: say so now
+            // (Pingora retries the bind every second) instead of after the startup timeout.
+            if gw.log().contains("is in use") {
+                let msg = format!(
+                    "a port is in use by another process; config:\n{yaml}\n--- gateway log ---\n{}",
+                    gw.log()
+                );
+                return Err(msg); // drop kills the child
             }
             if Instant::now() >= deadline {
                 let msg = format!(

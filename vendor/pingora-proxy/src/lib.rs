@@ -45,6 +45,7 @@ use once_cell::sync::Lazy;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::fmt::Debug;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::str;
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
@@ -453,9 +454,21 @@ where
                             session.detached_upstream = Some(h1.into_upgraded_parts());
                         } else if client_reuse {
                             let session = ClientSession::H1(h1);
-                            self.client_upstream
-                                .release_http_session(session, &*peer, peer.idle_timeout())
+                            // pingora-gateway patch: a keep-alive connection goes back to the
+                            // pool without a future holding the whole session; only a shutdown
+                            // awaits (boxed). See PATCHED.md, 9.
+                            if let Some(session) = self.client_upstream.try_release_http_session(
+                                session,
+                                &*peer,
+                                peer.idle_timeout(),
+                            ) {
+                                Box::pin(self.client_upstream.release_http_session(
+                                    session,
+                                    &*peer,
+                                    peer.idle_timeout(),
+                                ))
                                 .await;
+                            }
                         }
                         (server_reused, error)
                     }
@@ -471,9 +484,19 @@ where
                         ))
                         .await;
                         let session = ClientSession::H2(h2);
-                        self.client_upstream
-                            .release_http_session(session, &*peer, peer.idle_timeout())
+                        // pingora-gateway patch: released without an await (see the H1 branch).
+                        if let Some(session) = self.client_upstream.try_release_http_session(
+                            session,
+                            &*peer,
+                            peer.idle_timeout(),
+                        ) {
+                            Box::pin(self.client_upstream.release_http_session(
+                                session,
+                                &*peer,
+                                peer.idle_timeout(),
+                            ))
                             .await;
+                        }
 
                         if let Some(e) = error.as_mut() {
                             // try to downgrade if A. origin says so or B. origin sends an invalid
@@ -505,9 +528,13 @@ where
                         ))
                         .await;
                         let session = ClientSession::Custom(c);
-                        self.client_upstream
-                            .release_http_session(session, &*peer, peer.idle_timeout())
-                            .await;
+                        // pingora-gateway patch: boxed (see the H1 branch).
+                        Box::pin(self.client_upstream.release_http_session(
+                            session,
+                            &*peer,
+                            peer.idle_timeout(),
+                        ))
+                        .await;
                         (server_reused, error)
                     }
                 };
@@ -607,9 +634,11 @@ where
             if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
                 persistent_settings.set_user_context(uc);
             }
+            // pingora-gateway patch: the boxed session is finished in place, not moved into
+            // the future (800 bytes per request). See PATCHED.md, 9.
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()
@@ -1465,9 +1494,11 @@ where
             if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
                 persistent_settings.set_user_context(uc);
             }
+            // pingora-gateway patch: the boxed session is finished in place, not moved into
+            // the future (800 bytes per request). See PATCHED.md, 9.
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()
@@ -1621,14 +1652,14 @@ impl SubrequestSpawner {
     }
 }
 
-#[async_trait]
-impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+impl<SV, C> HttpProxy<SV, C>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
+    /// pingora-gateway patch: the body of `HttpServerApp::process_new_http`, unchanged.
+    async fn process_new_http_inner(
         self: &Arc<Self>,
         mut session: HttpSession,
         shutdown: &ShutdownWatch,
@@ -1664,6 +1695,33 @@ where
         }
 
         self.process_request(session, ctx).await
+    }
+}
+
+#[async_trait]
+impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: HttpSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        // pingora-gateway patch: the request's future is written into its box, not built on
+        // the stack and copied there (what `#[async_trait]` does: a copy of the whole future,
+        // ~8 KiB, per request). See PATCHED.md, 10.
+        let mut slot = Box::new_uninit();
+        slot.write(self.process_new_http_inner(session, shutdown));
+        // SAFETY: written just above.
+        Box::into_pin(unsafe { slot.assume_init() })
     }
 
     async fn http_cleanup(&self) {

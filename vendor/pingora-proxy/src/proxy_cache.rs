@@ -70,7 +70,7 @@ where
 
         // cache purge logic: PURGE short-circuits rest of request
         if self.inner.is_purge(session, ctx) {
-            return self.proxy_purge(session, ctx).await;
+            return Box::pin(self.proxy_purge(session, ctx)).await;
         }
 
         // bypass cache lookup if we predict to be uncacheable
@@ -82,6 +82,21 @@ where
             return None;
         }
 
+        // pingora-gateway patch: the lookup (and the purge above) is boxed, so that its state
+        // is not part of every request's future when the cache is off. See PATCHED.md, 9.
+        Box::pin(self.proxy_cache_lookup(session, ctx)).await
+    }
+
+    /// pingora-gateway patch: the cache lookup half of [`Self::proxy_cache`], unchanged.
+    async fn proxy_cache_lookup(
+        self: &Arc<Self>,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+    ) -> Option<(bool, Option<Box<Error>>)>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        SV::CTX: Send + Sync,
+    {
         // cache lookup logic
         let mut cache_lock_retries = 0;
         loop {

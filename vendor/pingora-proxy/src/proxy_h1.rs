@@ -145,6 +145,25 @@ where
                 .await;
         }
 
+        // pingora-gateway patch: the duplex loop is boxed, so that its state (two `select!`
+        // loops, channels) is not part of every request's future. See PATCHED.md, 9.
+        Box::pin(self.proxy_1to1_duplex(session, client_session, ctx, detach)).await
+    }
+
+    /// pingora-gateway patch: the duplex half of [`Self::proxy_1to1`] (request bodies,
+    /// upgrades, cache, h2/custom downstreams), unchanged, in a function of its own.
+    async fn proxy_1to1_duplex(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+        detach: bool,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+
         let mut downstream_custom_message_writer = session
             .downstream_session
             .as_custom_mut()

@@ -132,6 +132,28 @@ where
         }
     }
 
+    /// pingora-gateway patch: releases a reusable HTTP/1 (or HTTP/2) session without an
+    /// `.await`; what needs async work (an HTTP/1 shutdown, a custom session) comes back for
+    /// [`Self::release_http_session`]. See PATCHED.md, 16.
+    pub fn try_release_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        session: HttpSession<C::Session>,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) -> Option<HttpSession<C::Session>> {
+        match session {
+            HttpSession::H1(h1) => self
+                .h1
+                .try_release_http_session(h1, peer, idle_timeout)
+                .map(HttpSession::H1),
+            HttpSession::H2(h2) => {
+                self.h2.release_http_session(h2, peer, idle_timeout);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         session: HttpSession<C::Session>,

@@ -50,6 +50,26 @@ impl Connector {
         Some(http)
     }
 
+    /// pingora-gateway patch: [`Self::release_http_session`] without an `.await` when the
+    /// connection is reusable (the keep-alive case, which needs no async work); the session
+    /// comes back when it must be shut down, for [`Self::release_http_session`].
+    pub fn try_release_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        mut session: HttpSession,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) -> Option<HttpSession> {
+        session.respect_keepalive();
+        match session.reuse_now() {
+            Ok(stream) => {
+                self.transport
+                    .release_stream(stream, peer.reuse_hash(), idle_timeout);
+                None
+            }
+            Err(session) => Some(session),
+        }
+    }
+
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         mut session: HttpSession,

@@ -265,6 +265,22 @@ impl Session {
     /// otherwise None.
     /// For H2, always return None because H2 stream is not reusable.
     /// For subrequests, there is no true underlying stream to return.
+    /// pingora-gateway patch: [`Self::finish`] on a boxed session, without moving the session
+    /// (800 bytes) into the future: the keep-alive case awaits only the flush of the response
+    /// body, the rest (a drain, a shutdown, the other protocols) is boxed. See PATCHED.md, 16.
+    pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
+        if let Self::H1(s) = &mut *self {
+            // need to flush body due to buffering
+            s.finish_body().await?;
+            let Self::H1(s) = *self else { unreachable!() };
+            return match s.reuse_now() {
+                Ok(done) => done,
+                Err(s) => Box::pin(s.reuse()).await,
+            };
+        }
+        Box::pin(self.finish()).await
+    }
+
     pub async fn finish(self) -> Result<Option<ReusableHttpStream>> {
         match self {
             Self::H1(mut s) => {

@@ -1020,12 +1020,22 @@ struct AccumulatedDuration {
     off: bool,
 }
 
+/// pingora-gateway patch: whether new streams time their waiting reads and writes (two clock
+/// reads per wait). On by default, as in 0.9.1; a server that never reads the pending times
+/// turns it off for every stream with [`set_track_pending_time_default`]. See PATCHED.md, 17.
+static TRACK_PENDING_TIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// pingora-gateway patch: see [`TRACK_PENDING_TIME`]; affects streams created afterwards.
+pub fn set_track_pending_time_default(on: bool) {
+    TRACK_PENDING_TIME.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl AccumulatedDuration {
     fn new() -> Self {
         AccumulatedDuration {
             total: Duration::ZERO,
             last_start: None,
-            off: false,
+            off: !TRACK_PENDING_TIME.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

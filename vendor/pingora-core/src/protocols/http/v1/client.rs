@@ -684,6 +684,20 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
+    /// pingora-gateway patch: [`Self::reuse`] without an `.await` (and without a future that
+    /// holds the whole session) when the connection stays open: `Ok` with the stream to pool,
+    /// or the session back when it must be shut down ([`Self::reuse`] does that). See
+    /// PATCHED.md, 16.
+    pub fn reuse_now(mut self) -> std::result::Result<Stream, Self> {
+        if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
+            self.set_keepalive(None);
+        }
+        match self.keepalive_timeout {
+            KeepaliveStatus::Off => Err(self),
+            _ => Ok(self.underlying_stream),
+        }
+    }
+
     pub async fn reuse(mut self) -> Option<Stream> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);

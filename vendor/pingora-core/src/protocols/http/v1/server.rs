@@ -1660,6 +1660,40 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
+    /// pingora-gateway patch: [`Self::reuse`] without an `.await` where none is needed (the
+    /// connection closes cleanly, or stays open with its request body all read); the session
+    /// comes back when a drain or a shutdown is needed, for [`Self::reuse`].
+    pub fn reuse_now(mut self) -> std::result::Result<Result<Option<ReusableHttpStream>>, Self> {
+        if !self.will_keepalive() {
+            // see PATCHED.md, 12, in `reuse`
+            if self.is_connection_keepalive() == Some(false)
+                && self.body_reader.body_done()
+                && !self.body_reader.has_bytes_overread()
+            {
+                debug!("HTTP close connection");
+                return Ok(Ok(None));
+            }
+            return Err(self);
+        }
+        // (what `drain_request_body` checks first)
+        if !self.is_body_done() {
+            return Err(self);
+        }
+        if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
+            debug!("bytes overread on request, disallowing reuse");
+            return Ok(Ok(None));
+        }
+        let pipelined_prefix = self
+            .pipelining_enabled
+            .then(|| self.take_body_overread())
+            .flatten()
+            .filter(|prefix| !prefix.is_empty());
+        Ok(Ok(Some(ReusableHttpStream::new(
+            self.underlying_stream,
+            pipelined_prefix,
+        ))))
+    }
+
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
         if !self.will_keepalive() {
             // pingora-gateway patch: a client that asked for `Connection: close` and whose
