@@ -1070,50 +1070,43 @@ fn case_header_iter<'a>(
     })
 }
 
-/// pingora-gateway patch (15): whether `spelled` is `name` in canonical Title-Case (each
-/// `-`-separated word capitalised, the rest lower case), the spelling a case-preserving header
-/// needs no case entry for.
+/// pingora-gateway patch (15): `name` (lower case, as `HeaderName` keeps it) in canonical
+/// Title-Case: each `-`-separated word capitalised, the rest lower case.
 #[inline]
-fn is_canonical_spelling(name: &HeaderName, spelled: &[u8]) -> bool {
-    let lower = name.as_str().as_bytes();
-    if lower.len() != spelled.len() {
-        return false;
-    }
+fn canonical_spelling(name: &HeaderName) -> impl Iterator<Item = u8> + '_ {
     let mut word_start = true;
-    for (&l, &s) in lower.iter().zip(spelled) {
-        let want = if word_start { l.to_ascii_uppercase() } else { l };
-        if s != want {
-            return false;
-        }
+    name.as_str().bytes().map(move |l| {
+        let c = if word_start { l.to_ascii_uppercase() } else { l };
         word_start = l == b'-';
-    }
-    true
+        c
+    })
 }
 
-/// pingora-gateway patch (15): writes `name` in canonical Title-Case.
+/// pingora-gateway patch (15): whether `spelled` is `name`'s canonical spelling, for which a
+/// case-preserving header needs no case entry.
+#[inline]
+fn is_canonical_spelling(name: &HeaderName, spelled: &[u8]) -> bool {
+    name.as_str().len() == spelled.len() && canonical_spelling(name).eq(spelled.iter().copied())
+}
+
+/// pingora-gateway patch (15): writes `name` in its canonical spelling.
 #[inline]
 fn put_canonical_spelling(name: &HeaderName, buf: &mut impl BufMut) {
     if let Some(titled) = case_header_name::titled_header_name_str(name) {
         buf.put_slice(titled.as_bytes());
         return;
     }
-    let lower = name.as_str().as_bytes();
+    // One `put_slice` from a stack copy for the usual lengths, byte by byte beyond.
     let mut tmp = [0u8; 64];
-    if lower.len() > tmp.len() {
-        let mut word_start = true;
-        for &l in lower {
-            buf.put_u8(if word_start { l.to_ascii_uppercase() } else { l });
-            word_start = l == b'-';
+    if name.as_str().len() <= tmp.len() {
+        let out = &mut tmp[..name.as_str().len()];
+        for (o, c) in out.iter_mut().zip(canonical_spelling(name)) {
+            *o = c;
         }
-        return;
+        buf.put_slice(out);
+    } else {
+        canonical_spelling(name).for_each(|c| buf.put_u8(c));
     }
-    let out = &mut tmp[..lower.len()];
-    let mut word_start = true;
-    for (o, &l) in out.iter_mut().zip(lower) {
-        *o = if word_start { l.to_ascii_uppercase() } else { l };
-        word_start = l == b'-';
-    }
-    buf.put_slice(out);
 }
 
 #[cfg(test)]

@@ -454,20 +454,8 @@ where
                             session.detached_upstream = Some(h1.into_upgraded_parts());
                         } else if client_reuse {
                             let session = ClientSession::H1(h1);
-                            // pingora-gateway patch: a keep-alive connection goes back to the
-                            // pool without a future holding the whole session; only a shutdown
-                            // awaits (boxed). See PATCHED.md, 9.
-                            if let Some(session) = self.client_upstream.try_release_http_session(
-                                session,
-                                &*peer,
-                                peer.idle_timeout(),
-                            ) {
-                                Box::pin(self.client_upstream.release_http_session(
-                                    session,
-                                    &*peer,
-                                    peer.idle_timeout(),
-                                ))
-                                .await;
+                            if let Some(shutdown) = self.release_client_session(session, &peer) {
+                                shutdown.await;
                             }
                         }
                         (server_reused, error)
@@ -484,18 +472,8 @@ where
                         ))
                         .await;
                         let session = ClientSession::H2(h2);
-                        // pingora-gateway patch: released without an await (see the H1 branch).
-                        if let Some(session) = self.client_upstream.try_release_http_session(
-                            session,
-                            &*peer,
-                            peer.idle_timeout(),
-                        ) {
-                            Box::pin(self.client_upstream.release_http_session(
-                                session,
-                                &*peer,
-                                peer.idle_timeout(),
-                            ))
-                            .await;
+                        if let Some(shutdown) = self.release_client_session(session, &peer) {
+                            shutdown.await;
                         }
 
                         if let Some(e) = error.as_mut() {
@@ -528,13 +506,9 @@ where
                         ))
                         .await;
                         let session = ClientSession::Custom(c);
-                        // pingora-gateway patch: boxed (see the H1 branch).
-                        Box::pin(self.client_upstream.release_http_session(
-                            session,
-                            &*peer,
-                            peer.idle_timeout(),
-                        ))
-                        .await;
+                        if let Some(shutdown) = self.release_client_session(session, &peer) {
+                            shutdown.await;
+                        }
                         (server_reused, error)
                     }
                 };
@@ -552,6 +526,25 @@ where
                 (false, Some(new_err.into_up()))
             }
         }
+    }
+
+    /// pingora-gateway patch: gives an upstream session back to the pool without an `.await`
+    /// when it is reusable (the keep-alive case); what needs async work (an HTTP/1 shutdown, a
+    /// custom session) comes back as a boxed future, so that no request's future holds the
+    /// session. See PATCHED.md, 9.
+    fn release_client_session<'a>(
+        &'a self,
+        session: ClientSession<C::Session>,
+        peer: &'a HttpPeer,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        let session =
+            self.client_upstream
+                .try_release_http_session(session, peer, peer.idle_timeout())?;
+        Some(Box::pin(self.client_upstream.release_http_session(
+            session,
+            peer,
+            peer.idle_timeout(),
+        )))
     }
 
     async fn upstream_filter(

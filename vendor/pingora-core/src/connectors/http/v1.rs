@@ -72,14 +72,17 @@ impl Connector {
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        session: HttpSession,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
-        session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
-            self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+        // pingora-gateway patch: the keep-alive case is `try_release_http_session`; a session
+        // it gives back is not reusable, and `reuse` shuts it down.
+        if let Some(session) = self.try_release_http_session(session, peer, idle_timeout) {
+            if let Some(stream) = session.reuse().await {
+                self.transport
+                    .release_stream(stream, peer.reuse_hash(), idle_timeout);
+            }
         }
     }
 

@@ -259,12 +259,6 @@ impl Session {
         }
     }
 
-    /// Finish the life of this request and return a reusable stream, if any.
-    ///
-    /// For H1, if connection reuse is supported, a reusable stream will be returned,
-    /// otherwise None.
-    /// For H2, always return None because H2 stream is not reusable.
-    /// For subrequests, there is no true underlying stream to return.
     /// pingora-gateway patch: [`Self::finish`] on a boxed session, without moving the session
     /// (800 bytes) into the future: the keep-alive case awaits only the flush of the response
     /// body, the rest (a drain, a shutdown, the other protocols) is boxed. See PATCHED.md, 16.
@@ -281,6 +275,12 @@ impl Session {
         Box::pin(self.finish()).await
     }
 
+    /// Finish the life of this request and return a reusable stream, if any.
+    ///
+    /// For H1, if connection reuse is supported, a reusable stream will be returned,
+    /// otherwise None.
+    /// For H2, always return None because H2 stream is not reusable.
+    /// For subrequests, there is no true underlying stream to return.
     pub async fn finish(self) -> Result<Option<ReusableHttpStream>> {
         match self {
             Self::H1(mut s) => {

@@ -679,11 +679,6 @@ impl HttpSession {
         let _ = self.underlying_stream.shutdown().await;
     }
 
-    /// Consume `self`, if the connection can be reused, the underlying stream will be returned.
-    /// The returned connection can be kept in a connection pool so that next time the same
-    /// server is being contacted. A new client session can be created via [`Self::new()`].
-    /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
-    /// returned.
     /// pingora-gateway patch: [`Self::reuse`] without an `.await` (and without a future that
     /// holds the whole session) when the connection stays open: `Ok` with the stream to pool,
     /// or the session back when it must be shut down ([`Self::reuse`] does that). See
@@ -698,20 +693,20 @@ impl HttpSession {
         }
     }
 
-    pub async fn reuse(mut self) -> Option<Stream> {
-        if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
-            self.set_keepalive(None);
-        }
-
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
-        match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
+    /// Consume `self`, if the connection can be reused, the underlying stream will be returned.
+    /// The returned connection can be kept in a connection pool so that next time the same
+    /// server is being contacted. A new client session can be created via [`Self::new()`].
+    /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
+    /// returned.
+    pub async fn reuse(self) -> Option<Stream> {
+        // pingora-gateway patch: the keep-alive case is `reuse_now`, without an await.
+        match self.reuse_now() {
+            Ok(stream) => Some(stream),
+            Err(mut session) => {
                 debug!("HTTP shutdown connection");
-                self.shutdown().await;
+                session.shutdown().await;
                 None
             }
-            _ => Some(self.underlying_stream),
         }
     }
 

@@ -1651,25 +1651,12 @@ impl HttpSession {
             .map(|d| d.local_addr())?
     }
 
-    /// Consume `self`, if the connection can be reused, the underlying stream and any pipelined
-    /// prefix bytes will be returned to be fed to the next [`Self::new()`]. This drains any
-    /// remaining request body if it hasn't yet been read and the stream is reusable.
-    ///
-    /// The next session can just call [`Self::read_request()`].
-    ///
-    /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
-    /// returned. If there was an error while draining any remaining request body that error will
-    /// be returned.
     /// pingora-gateway patch: [`Self::reuse`] without an `.await` where none is needed (the
     /// connection closes cleanly, or stays open with its request body all read); the session
     /// comes back when a drain or a shutdown is needed, for [`Self::reuse`].
     pub fn reuse_now(mut self) -> std::result::Result<Result<Option<ReusableHttpStream>>, Self> {
         if !self.will_keepalive() {
-            // see PATCHED.md, 12, in `reuse`
-            if self.is_connection_keepalive() == Some(false)
-                && self.body_reader.body_done()
-                && !self.body_reader.has_bytes_overread()
-            {
+            if self.closes_cleanly() {
                 debug!("HTTP close connection");
                 return Ok(Ok(None));
             }
@@ -1679,30 +1666,49 @@ impl HttpSession {
         if !self.is_body_done() {
             return Err(self);
         }
-        if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
-            debug!("bytes overread on request, disallowing reuse");
-            return Ok(Ok(None));
-        }
-        let pipelined_prefix = self
-            .pipelining_enabled
-            .then(|| self.take_body_overread())
-            .flatten()
-            .filter(|prefix| !prefix.is_empty());
-        Ok(Ok(Some(ReusableHttpStream::new(
-            self.underlying_stream,
-            pipelined_prefix,
-        ))))
+        Ok(self.into_reusable())
     }
 
+    /// pingora-gateway patch: a client that asked for `Connection: close` and whose request
+    /// body is all read sends nothing more: dropping the stream closes it with the same FIN,
+    /// without a `shutdown` syscall first. See PATCHED.md, 12.
+    fn closes_cleanly(&self) -> bool {
+        self.is_connection_keepalive() == Some(false)
+            && self.body_reader.body_done()
+            && !self.body_reader.has_bytes_overread()
+    }
+
+    /// The stream to reuse once the request body is all read, with any pipelined prefix;
+    /// `None` when bytes were read past the body without pipelining.
+    fn into_reusable(mut self) -> Result<Option<ReusableHttpStream>> {
+        if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
+            debug!("bytes overread on request, disallowing reuse");
+            Ok(None)
+        } else {
+            let pipelined_prefix = self
+                .pipelining_enabled
+                .then(|| self.take_body_overread())
+                .flatten()
+                .filter(|prefix| !prefix.is_empty());
+            Ok(Some(ReusableHttpStream::new(
+                self.underlying_stream,
+                pipelined_prefix,
+            )))
+        }
+    }
+
+    /// Consume `self`, if the connection can be reused, the underlying stream and any pipelined
+    /// prefix bytes will be returned to be fed to the next [`Self::new()`]. This drains any
+    /// remaining request body if it hasn't yet been read and the stream is reusable.
+    ///
+    /// The next session can just call [`Self::read_request()`].
+    ///
+    /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
+    /// returned. If there was an error while draining any remaining request body that error will
+    /// be returned.
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
         if !self.will_keepalive() {
-            // pingora-gateway patch: a client that asked for `Connection: close` and whose
-            // request body is all read sends nothing more: dropping the stream closes it with
-            // the same FIN, without a `shutdown` syscall first. See PATCHED.md, 12.
-            if self.is_connection_keepalive() == Some(false)
-                && self.body_reader.body_done()
-                && !self.body_reader.has_bytes_overread()
-            {
+            if self.closes_cleanly() {
                 debug!("HTTP close connection");
                 return Ok(None);
             }
@@ -1711,20 +1717,7 @@ impl HttpSession {
             Ok(None)
         } else {
             self.drain_request_body().await?;
-            if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
-                debug!("bytes overread on request, disallowing reuse");
-                Ok(None)
-            } else {
-                let pipelined_prefix = self
-                    .pipelining_enabled
-                    .then(|| self.take_body_overread())
-                    .flatten()
-                    .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
-            }
+            self.into_reusable()
         }
     }
 
