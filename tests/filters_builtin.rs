@@ -7,7 +7,7 @@ use common::*;
 use base64::Engine as _;
 use std::io::Read as _;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A gateway config: `top` (extra top-level sections), pools `api` (the demo backend `b`) and
 /// `raw` (a `RawBackend`, when given), and `routes` (YAML list items, indented by 2).
@@ -59,14 +59,9 @@ impl RawBackend {
                     return;
                 };
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut tmp = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut tmp).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                        }
-                    }
+                    let Some(buf) = read_head(&mut s).await else {
+                        return;
+                    };
                     let head = String::from_utf8_lossy(&buf).into_owned();
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     let (ct, extra, body) = if path.starts_with("/sse") {

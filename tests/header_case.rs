@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A backend that records each raw request head and answers with a fixed raw head.
 async fn raw_backend(answer: &'static [u8]) -> (String, Arc<Mutex<Vec<String>>>) {
@@ -18,16 +18,10 @@ async fn raw_backend(answer: &'static [u8]) -> (String, Arc<Mutex<Vec<String>>>)
         while let Ok((mut s, _)) = l.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                loop {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    seen.lock().unwrap().push(String::from_utf8_lossy(&got).into_owned());
+                while let Some(got) = read_head(&mut s).await {
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&got).into_owned());
                     if s.write_all(answer).await.is_err() {
                         return;
                     }

@@ -58,7 +58,7 @@ async fn idle_connections_expire_after_the_keepalive_timeout() {
 async fn a_connection_the_backend_closed_is_not_reused() {
     // A raw backend that closes its connection 200 ms after each response (as Node does after
     // its keepAliveTimeout): the next request must get a fresh connection, not a 502.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -67,13 +67,8 @@ async fn a_connection_the_backend_closed_is_not_reused() {
         while let Ok((mut s, _)) = l.accept().await {
             acc.fetch_add(1, SeqCst);
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

@@ -529,6 +529,20 @@ async fn fill_or_eof<S: AsyncRead + Unpin>(
     Ok(())
 }
 
+/// For raw test backends: reads until the end of a request head (CRLFCRLF); `None` when the
+/// peer closes or the read fails first. Bytes read past the head are returned with it.
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find_crlf2(&got).is_none() {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(got)
+}
+
 fn find_crlf2(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
