@@ -175,6 +175,22 @@ impl ConnectionNominations {
     }
 }
 
+/// pingora-gateway patch (11): whether the request carries any field the sanitizers below
+/// read or remove (`Connection` and the fields it may nominate are handled by the full path).
+/// One pass over the names instead of a hash lookup per field: most requests carry none.
+fn has_hop_by_hop_header(req: &RequestHeader) -> bool {
+    req.headers.keys().any(|name| {
+        *name == header::CONNECTION
+            || *name == header::UPGRADE
+            || *name == header::TE
+            || *name == header::TRAILER
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::PROXY_AUTHENTICATE
+            || *name == header::PROXY_AUTHORIZATION
+            || matches!(name.as_str(), KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS)
+    })
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
@@ -333,7 +349,9 @@ pub(crate) fn sanitize_h1_upstream_request(
     policy: HttpUpstreamRequestPolicy,
     downstream_is_http11: bool,
 ) -> Result<()> {
-    if policy == HttpUpstreamRequestPolicy::preserve() {
+    // pingora-gateway patch (11): without `Connection`, `Upgrade` or any other hop-by-hop field
+    // there is nothing to parse, strip or re-insert below, whatever the policy.
+    if policy == HttpUpstreamRequestPolicy::preserve() || !has_hop_by_hop_header(req) {
         return Ok(());
     }
 
@@ -398,6 +416,10 @@ pub(crate) fn sanitize_h2_upstream_request(
     req: &mut RequestHeader,
     policy: HttpUpstreamRequestPolicy,
 ) -> Result<()> {
+    // pingora-gateway patch (11): nothing to remove (see `sanitize_h1_upstream_request`).
+    if !has_hop_by_hop_header(req) {
+        return Ok(());
+    }
     if policy.strip_connection_nominated {
         ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?
             .remove_from(req);
