@@ -27,9 +27,28 @@ struct Idle {
     deadline: Option<Instant>,
 }
 
+/// Hashes a key that is already a hash (the peer's reuse hash) with one multiply: SipHash of
+/// it cost more than the rest of a pool lookup.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, k: u64) {
+        self.0 = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    stacks: HashMap<u64, VecDeque<Idle>>,
+    stacks: HashMap<u64, VecDeque<Idle>, std::hash::BuildHasherDefault<KeyHasher>>,
     count: usize,
 }
 

@@ -122,6 +122,10 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
+/// pingora-gateway patch: header slots reserved beyond those parsed in a request (PATCHED.md,
+/// 14) and a response (18), for the headers a proxy adds without growing the maps.
+pub(crate) const SPARE_HEADERS: usize = 8;
+
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length

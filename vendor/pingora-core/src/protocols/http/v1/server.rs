@@ -74,9 +74,6 @@ impl ProxyTaskState {
 }
 
 /// The HTTP 1.x server session
-/// pingora-gateway patch: header slots reserved beyond those parsed (PATCHED.md, 14).
-const SPARE_HEADERS: usize = 8;
-
 pub struct HttpSession {
     underlying_stream: Stream,
     /// The buf that holds the raw request header + possibly a portion of request body
