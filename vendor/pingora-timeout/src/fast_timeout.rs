@@ -47,11 +47,22 @@ static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
 
 fn check_clock_thread(tm: &Arc<TimerManager>) {
     if tm.should_i_start_clock() {
-        std::thread::Builder::new()
-            .name("Timer thread".into())
-            .spawn(|| TIMER_MANAGER.clock_thread())
-            .unwrap();
+        start_clock_thread();
     }
+}
+
+/// pingora-gateway patch (2): [check_clock_thread] with the caller's clock reading.
+fn check_clock_thread_at(tm: &Arc<TimerManager>, now: std::time::Instant) {
+    if tm.should_i_start_clock_at(now) {
+        start_clock_thread();
+    }
+}
+
+fn start_clock_thread() {
+    std::thread::Builder::new()
+        .name("Timer thread".into())
+        .spawn(|| TIMER_MANAGER.clock_thread())
+        .unwrap();
 }
 
 fn should_use_tokio_timeout(duration: Duration) -> bool {
@@ -92,8 +103,10 @@ impl ToTimeout for FastTimeout {
     fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         // pingora-gateway patch: the clock thread is checked when a timer is registered (the
         // timed future was pending), not each time a timeout wraps a future. See PATCHED.md.
-        check_clock_thread(&TIMER_MANAGER);
-        Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
+        // pingora-gateway patch (2): one clock reading for both.
+        let now = std::time::Instant::now();
+        check_clock_thread_at(&TIMER_MANAGER, now);
+        Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
     }
 
     fn create(d: Duration) -> Self {

@@ -29,8 +29,9 @@
 //! - drop: 10.694154ms total, 106ns avg per iteration
 
 use parking_lot::RwLock;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
@@ -70,6 +71,10 @@ impl Time {
 pub struct TimerStub(Arc<Notify>, Arc<AtomicBool>);
 
 impl TimerStub {
+    fn share(&self) -> TimerStub {
+        TimerStub(self.0.clone(), self.1.clone())
+    }
+
     /// Wait for the timer to expire.
     pub async fn poll(self) {
         if self.1.load(Ordering::SeqCst) {
@@ -104,6 +109,33 @@ pub struct TimerManager {
     // Start a new clock thread if this is -1 or staled. The clock thread should keep updating this
     clock_watchdog: AtomicI64,
     paused: AtomicBool,
+    // pingora-gateway patch (2): tells this manager's entry in `LAST_TIMER` from another's.
+    id: u64,
+}
+
+/// pingora-gateway patch (2): the buckets this thread registered into last, with their
+/// manager's id. Timeouts registered within one 10 ms tick share a bucket without the tree's
+/// lock and lookup. A hit is always a live bucket: its deadline is after the registration that
+/// computed it. A few slots, as a proxy alternates between a few durations (the client's read
+/// timeout, the upstream's).
+struct LastTimer {
+    manager: u64,
+    time: Time,
+    stub: TimerStub,
+}
+
+const LAST_TIMERS: usize = 4;
+
+struct LastTimers {
+    slots: [Option<LastTimer>; LAST_TIMERS],
+    /// The slot the next miss replaces.
+    next: usize,
+}
+
+thread_local! {
+    static LAST_TIMER: RefCell<LastTimers> = const {
+        RefCell::new(LastTimers { slots: [None, None, None, None], next: 0 })
+    };
 }
 
 // Consider the clock thread is dead after it fails to update the thread in DELAYS_SEC
@@ -116,6 +148,10 @@ impl Default for TimerManager {
             zero: Instant::now(),
             clock_watchdog: AtomicI64::new(-DELAYS_SEC),
             paused: AtomicBool::new(false),
+            id: {
+                static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+                NEXT_ID.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 }
@@ -166,10 +202,15 @@ impl TimerManager {
     // False if the clock is already started
     // If true, the caller must start the clock thread next
     pub(crate) fn should_i_start_clock(&self) -> bool {
-        let Err(prev) = self.is_clock_running() else {
+        self.should_i_start_clock_at(Instant::now())
+    }
+
+    /// pingora-gateway patch (2): [Self::should_i_start_clock] with the caller's clock reading.
+    pub(crate) fn should_i_start_clock_at(&self, now: Instant) -> bool {
+        let Err(prev) = self.is_clock_running_at(now) else {
             return false;
         };
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let res =
             self.clock_watchdog
                 .compare_exchange(prev, now, Ordering::SeqCst, Ordering::SeqCst);
@@ -178,8 +219,13 @@ impl TimerManager {
 
     // Ok(()) if clock is running (watch dog is within DELAYS_SEC of now)
     // Err(time) if watch do stopped at `time`
+    #[cfg(test)]
     pub(crate) fn is_clock_running(&self) -> Result<(), i64> {
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        self.is_clock_running_at(Instant::now())
+    }
+
+    fn is_clock_running_at(&self, now: Instant) -> Result<(), i64> {
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let prev = self.clock_watchdog.load(Ordering::SeqCst);
         if now < prev + DELAYS_SEC {
             Ok(())
@@ -192,6 +238,12 @@ impl TimerManager {
     ///
     /// When the timer expires, the [TimerStub] will be notified.
     pub fn register_timer(&self, duration: Duration) -> TimerStub {
+        self.register_timer_at(Instant::now(), duration)
+    }
+
+    /// pingora-gateway patch (2): [Self::register_timer] with the caller's clock reading, and
+    /// the bucket this thread registered into last reused without the tree's lock.
+    pub(crate) fn register_timer_at(&self, now: Instant, duration: Duration) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -202,7 +254,28 @@ impl TimerManager {
             timer.fire();
             return timer.subscribe();
         }
-        let now: Time = (Instant::now() + duration - self.zero).into();
+        let now: Time = (now + duration - self.zero).into();
+        LAST_TIMER.with_borrow_mut(|last| {
+            let hit = last
+                .slots
+                .iter()
+                .flatten()
+                .find(|l| l.time == now && l.manager == self.id);
+            if let Some(l) = hit {
+                return l.stub.share();
+            }
+            let stub = self.register_in_tree(now);
+            last.slots[last.next] = Some(LastTimer {
+                manager: self.id,
+                time: now,
+                stub: stub.share(),
+            });
+            last.next = (last.next + 1) % LAST_TIMERS;
+            stub
+        })
+    }
+
+    fn register_in_tree(&self, now: Time) -> TimerStub {
         {
             let timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).read();
             if let Some(t) = timers.get(&now) {
@@ -264,6 +337,26 @@ mod tests {
         assert!(!t.not_after(129));
         assert!(t.not_after(130));
         assert!(t.not_after(131));
+    }
+
+    #[test]
+    fn last_bucket_is_shared_per_manager_and_tick() {
+        // pingora-gateway patch (2): the per-thread cache of the last bucket.
+        let a = TimerManager::new();
+        let b = TimerManager::new();
+        let now = Instant::now();
+        let d = Duration::from_secs(5);
+        let a1 = a.register_timer_at(now, d);
+        let a2 = a.register_timer_at(now, d);
+        assert!(Arc::ptr_eq(&a1.0, &a2.0), "same tick, same manager: one bucket");
+        let b1 = b.register_timer_at(now, d);
+        assert!(!Arc::ptr_eq(&a1.0, &b1.0), "another manager: its own bucket");
+        // Back to `a`: still its bucket, with `b`'s cached beside it.
+        let a3 = a.register_timer_at(now, d);
+        assert!(Arc::ptr_eq(&a1.0, &a3.0));
+        let a4 = a.register_timer_at(now, d + Duration::from_millis(20));
+        assert!(!Arc::ptr_eq(&a1.0, &a4.0), "another tick: another bucket");
+        assert_eq!(a.timers.get().unwrap().read().len(), 2);
     }
 
     #[tokio::test]
