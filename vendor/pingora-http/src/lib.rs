@@ -1084,9 +1084,28 @@ fn canonical_spelling(name: &HeaderName) -> impl Iterator<Item = u8> + '_ {
 
 /// pingora-gateway patch (15): whether `spelled` is `name`'s canonical spelling, for which a
 /// case-preserving header needs no case entry.
+/// Word by word: the first letter compared upper-cased, the rest as one slice comparison.
 #[inline]
 fn is_canonical_spelling(name: &HeaderName, spelled: &[u8]) -> bool {
-    name.as_str().len() == spelled.len() && canonical_spelling(name).eq(spelled.iter().copied())
+    let name = name.as_str().as_bytes();
+    if name.len() != spelled.len() {
+        return false;
+    }
+    let mut at = 0;
+    for word in name.split(|&c| c == b'-') {
+        // `spelled[at - 1]`, the separator before this word, is checked by the slice below.
+        let end = at + word.len();
+        if let Some((&first, rest)) = word.split_first() {
+            if spelled[at] != first.to_ascii_uppercase() || spelled[at + 1..end] != *rest {
+                return false;
+            }
+        }
+        if end < spelled.len() && spelled[end] != b'-' {
+            return false;
+        }
+        at = end + 1;
+    }
+    true
 }
 
 /// pingora-gateway patch (15): writes `name` in its canonical spelling.
@@ -1098,10 +1117,16 @@ fn put_canonical_spelling(name: &HeaderName, buf: &mut impl BufMut) {
     }
     // One `put_slice` from a stack copy for the usual lengths, byte by byte beyond.
     let mut tmp = [0u8; 64];
-    if name.as_str().len() <= tmp.len() {
-        let out = &mut tmp[..name.as_str().len()];
-        for (o, c) in out.iter_mut().zip(canonical_spelling(name)) {
-            *o = c;
+    let name_bytes = name.as_str().as_bytes();
+    if let Some(out) = tmp.get_mut(..name_bytes.len()) {
+        // One copy, then the letter after each `-` (and the first) upper-cased.
+        out.copy_from_slice(name_bytes);
+        let mut word_start = true;
+        for c in out.iter_mut() {
+            if word_start {
+                c.make_ascii_uppercase();
+            }
+            word_start = *c == b'-';
         }
         buf.put_slice(out);
     } else {
@@ -1179,6 +1204,32 @@ mod tests {
     }
 
     /// pingora-gateway patch (15): canonical spellings need no case entry, others keep theirs.
+    #[test]
+    fn canonical_spelling_check_and_writer_agree_with_the_iterator() {
+        // pingora-gateway patch (15): the fast check and writer against the plain definition.
+        let names = [
+            "x", "host", "x-forwarded-for", "a--b", "-x", "x-", "sec-ch-ua", "etag", "x-1-y",
+            "content-md5", "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-w-x-y-z-0-1-2-3-4-5-6-7-8",
+        ];
+        for n in names {
+            let name = HeaderName::from_static(n);
+            let canonical: Vec<u8> = canonical_spelling(&name).collect();
+            let mut written = Vec::new();
+            put_canonical_spelling(&name, &mut written);
+            if case_header_name::titled_header_name_str(&name).is_none() {
+                assert_eq!(written, canonical, "{n}");
+            }
+            assert!(is_canonical_spelling(&name, &canonical), "{n}");
+            assert!(!is_canonical_spelling(&name, &canonical[1..]), "{n}");
+            // Any single changed byte is caught.
+            for i in 0..canonical.len() {
+                let mut other = canonical.clone();
+                other[i] ^= 0x20;
+                assert!(!is_canonical_spelling(&name, &other), "{n} {i}");
+            }
+        }
+    }
+
     #[test]
     fn test_sparse_case_map() {
         let long = format!("X-{}", "Abc-".repeat(20) + "Z");
