@@ -353,20 +353,18 @@ impl Forwarded {
         let trusted = !self.peer_final && peer.is_some_and(|p| self.is_trusted(p));
         self.strip(req, trusted);
         if let Some(peer) = peer {
-            let mut ip_buf = [0u8; 64];
-            let peer_s = fmt_ip(peer, &mut ip_buf);
+            let peer_v = ip_value(peer);
             if self.real_ip {
                 let real = self.client_ip(peer, req);
-                let mut b = [0u8; 64];
-                let real_s = if real == peer {
-                    peer_s
+                let real_v = if real == peer {
+                    peer_v.clone()
                 } else {
-                    fmt_ip(real, &mut b)
+                    ip_value(real)
                 };
                 // Spelled in canonical Title-Case, as every added header is: Pingora then keeps
                 // no case entry for the request (vendor/pingora-http patch 15). Names are
                 // case-insensitive (RFC 9110 5.1); HAProxy sends them all in lower case.
-                let _ = req.insert_header(named(&XRI, "X-Real-Ip"), real_s);
+                let _ = req.insert_header(named(&XRI, "X-Real-Ip"), real_v);
             }
             match self.xff {
                 XffMode::Off => {}
@@ -381,11 +379,11 @@ impl Forwarded {
                         }
                     }
                     joined.push_str(", ");
-                    joined.push_str(peer_s);
+                    joined.push_str(fmt_ip(peer, &mut [0u8; 64]));
                     let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), joined);
                 }
                 _ => {
-                    let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), peer_s);
+                    let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), peer_v);
                 }
             }
         }
@@ -427,8 +425,7 @@ impl Forwarded {
         }
         if self.port && !(trusted && req.headers.contains_key(&XFPORT)) {
             if let Some(p) = local_port {
-                let mut b = itoa_buf();
-                let _ = req.insert_header(named(&XFPORT, "X-Forwarded-Port"), fmt_u16(p, &mut b));
+                let _ = req.insert_header(named(&XFPORT, "X-Forwarded-Port"), port_value(p));
             }
         }
     }
@@ -607,8 +604,47 @@ fn parse_node(v: &[u8]) -> Node {
     ip.map_or(Node::Opaque, Node::Ip)
 }
 
-fn itoa_buf() -> [u8; 5] {
-    [0u8; 5]
+/// The header values of the last peer address and listener port written on this thread: the
+/// requests of a keep-alive connection, and most of a busy client's, share them (a reference
+/// count per request instead of formatting and copying the value).
+struct LastValues {
+    ip: Option<(IpAddr, HeaderValue)>,
+    port: Option<(u16, HeaderValue)>,
+}
+
+thread_local! {
+    static LAST_VALUES: std::cell::RefCell<LastValues> =
+        const { std::cell::RefCell::new(LastValues { ip: None, port: None }) };
+}
+
+/// `ip` as a header value (IPv4-mapped IPv6 shown as IPv4), from the per-thread cache.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    LAST_VALUES.with_borrow_mut(|last| {
+        if let Some((cached, v)) = &last.ip {
+            if *cached == ip {
+                return v.clone();
+            }
+        }
+        let v = HeaderValue::from_str(fmt_ip(ip, &mut [0u8; 64]))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        last.ip = Some((ip, v.clone()));
+        v
+    })
+}
+
+/// `port` as a header value, from the per-thread cache.
+fn port_value(port: u16) -> HeaderValue {
+    LAST_VALUES.with_borrow_mut(|last| {
+        if let Some((cached, v)) = &last.port {
+            if *cached == port {
+                return v.clone();
+            }
+        }
+        let v = HeaderValue::from_str(fmt_u16(port, &mut [0u8; 5]))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"));
+        last.port = Some((port, v.clone()));
+        v
+    })
 }
 
 /// Formats a port without allocating.
@@ -659,6 +695,22 @@ fn fmt_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_values_follow_the_address_and_port() {
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:198.51.100.2".parse().unwrap();
+        for _ in 0..2 {
+            assert_eq!(ip_value(a), "192.0.2.7");
+            assert_eq!(ip_value(a), "192.0.2.7");
+            assert_eq!(ip_value(b), "2001:db8::1");
+            assert_eq!(ip_value(mapped), "198.51.100.2");
+            assert_eq!(port_value(443), "443");
+            assert_eq!(port_value(8080), "8080");
+            assert_eq!(port_value(8080), "8080");
+        }
+    }
 
     #[test]
     fn fmt_ip_matches_display() {

@@ -387,13 +387,38 @@ pub struct Router {
     websocket: Option<HostTable>,
 }
 
+/// FNV-1a for the host maps: they are built from the config and only read per request, so a
+/// client cannot fill them with colliding keys, and SipHash's DoS resistance buys nothing there
+/// (it was most of a host lookup's cost).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Host key -> routes, hashed with [`Fnv`].
+type HostMap = HashMap<Box<str>, PathIndex, std::hash::BuildHasherDefault<Fnv>>;
+
 /// The routes of a table, bucketed by host key.
 #[derive(Debug, Default)]
 struct HostTable {
     /// For each exact host named by some route: the routes naming it.
-    exact: HashMap<Box<str>, PathIndex>,
+    exact: HostMap,
     /// For each wildcard suffix (`.example.com` for `*.example.com`): the routes naming it.
-    suffix: HashMap<Box<str>, PathIndex>,
+    suffix: HostMap,
     /// The distinct lengths of the keys of `suffix`, ascending.
     suffix_lens: Vec<usize>,
     /// Routes without a host.
@@ -460,11 +485,11 @@ impl HostTable {
         let index =
             |list: &[u32]| PathIndex::build(list.iter().map(|&i| (i, &routes[i as usize].path)));
         let any_host = index(&any_host);
-        let exact: HashMap<Box<str>, PathIndex> = exact
+        let exact: HostMap = exact
             .iter()
             .map(|(h, list)| (Box::from(*h), index(list)))
             .collect();
-        let suffix: HashMap<Box<str>, PathIndex> = suffix
+        let suffix: HostMap = suffix
             .iter()
             .map(|(s, list)| (Box::from(*s), index(list)))
             .collect();
