@@ -15,7 +15,9 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -115,6 +117,61 @@ impl Side {
             Side::Tcp(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Side::Other(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// pingora-gateway patch (12): the waker one direction's I/O is polled with. It records that
+/// the direction can make progress and wakes the relay task, which then pumps only the
+/// directions that were woken: re-polling the quiet socket of the other direction on every
+/// wake-up cost a waker registration under tokio's lock.
+struct HalfWaker {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl HalfWaker {
+    fn new() -> Arc<Self> {
+        Arc::new(HalfWaker {
+            // The first poll pumps both directions.
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        })
+    }
+
+    fn set_task(&self, waker: &Waker) {
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+    }
+
+    /// Whether the direction was woken since the last call.
+    fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for HalfWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// A direction's waker, as the state it sets and the `Waker` its I/O is polled with.
+struct HalfWake {
+    state: Arc<HalfWaker>,
+    waker: Waker,
+}
+
+impl HalfWake {
+    fn new() -> Self {
+        let state = HalfWaker::new();
+        let waker = Waker::from(state.clone());
+        HalfWake { state, waker }
     }
 }
 
@@ -250,6 +307,10 @@ pub(crate) struct Relay {
     upstream: Side,
     up: Half,
     down: Half,
+    up_wake: HalfWake,
+    down_wake: HalfWake,
+    /// The task waker the two `HalfWaker`s hold (compared, without their locks, per poll).
+    task_waker: Option<Waker>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     /// The waker the idle timer holds: until the timer fires (`is_elapsed`), polling it again
     /// with the same waker on every wake-up would only re-register it.
@@ -297,6 +358,9 @@ impl Relay {
                 bytes: to_down,
                 ..Default::default()
             },
+            up_wake: HalfWake::new(),
+            down_wake: HalfWake::new(),
+            task_waker: None,
             idle: tunnel
                 .idle_timeout
                 .map(|d| (d, Box::pin(tokio::time::sleep_until(now + idle_check(d))))),
@@ -344,13 +408,32 @@ impl Future for Relay {
             this.finish(end);
             return Poll::Ready(end);
         }
+        if !this
+            .task_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            this.up_wake.state.set_task(cx.waker());
+            this.down_wake.state.set_task(cx.waker());
+            this.task_waker = Some(cx.waker().clone());
+        }
         let mut active = false;
-        let up = this
-            .up
-            .pump(&mut this.downstream, &mut this.upstream, cx, &mut active);
-        let down = this
-            .down
-            .pump(&mut this.upstream, &mut this.downstream, cx, &mut active);
+        // A direction not woken since its last pump registered its waker where it blocked
+        // (or used up its budget and woke itself): nothing to do there yet.
+        let up = if this.up_wake.state.take_woken() {
+            let mut cx = Context::from_waker(&this.up_wake.waker);
+            this.up
+                .pump(&mut this.downstream, &mut this.upstream, &mut cx, &mut active)
+        } else {
+            Step::Pending
+        };
+        let down = if this.down_wake.state.take_woken() {
+            let mut cx = Context::from_waker(&this.down_wake.waker);
+            this.down
+                .pump(&mut this.upstream, &mut this.downstream, &mut cx, &mut active)
+        } else {
+            Step::Pending
+        };
         if active && !this.moved {
             this.moved = true;
             this.resume_idle_checks();
