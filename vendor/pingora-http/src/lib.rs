@@ -1084,28 +1084,53 @@ fn canonical_spelling(name: &HeaderName) -> impl Iterator<Item = u8> + '_ {
 
 /// pingora-gateway patch (15): whether `spelled` is `name`'s canonical spelling, for which a
 /// case-preserving header needs no case entry.
-/// Word by word: the first letter compared upper-cased, the rest as one slice comparison.
+/// Eight bytes at a time: `spelled` must differ from the lower-case name exactly by the
+/// [`title_case_mask`] of each chunk.
 #[inline]
 fn is_canonical_spelling(name: &HeaderName, spelled: &[u8]) -> bool {
     let name = name.as_str().as_bytes();
     if name.len() != spelled.len() {
         return false;
     }
-    let mut at = 0;
-    for word in name.split(|&c| c == b'-') {
-        // `spelled[at - 1]`, the separator before this word, is checked by the slice below.
-        let end = at + word.len();
-        if let Some((&first, rest)) = word.split_first() {
-            if spelled[at] != first.to_ascii_uppercase() || spelled[at + 1..end] != *rest {
-                return false;
-            }
-        }
-        if end < spelled.len() && spelled[end] != b'-' {
+    let mut word_start = true;
+    let mut n = name.chunks_exact(8);
+    let mut sp = spelled.chunks_exact(8);
+    for (nc, sc) in (&mut n).zip(&mut sp) {
+        let (nw, sw) = (load_chunk(nc), load_chunk(sc));
+        let (diff, next) = title_case_mask(nw, word_start);
+        if nw ^ sw != diff {
             return false;
         }
-        at = end + 1;
+        word_start = next;
     }
-    true
+    let (nw, sw) = (load_chunk(n.remainder()), load_chunk(sp.remainder()));
+    nw ^ sw == title_case_mask(nw, word_start).0
+}
+
+/// Up to eight bytes as a little-endian word, zero-padded.
+#[inline]
+fn load_chunk(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(word)
+}
+
+const LO_BYTES: u64 = 0x0101_0101_0101_0101;
+const HI_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// For eight bytes of a lower-case header name (little-endian, zero-padded) and whether a word
+/// starts at the first of them: the XOR that makes them canonical Title-Case (0x20 on each
+/// letter that starts a word, the first byte or one after `-`), and whether a word starts
+/// after the last. Byte-wise without carries between bytes: a name's bytes are all below 0x80.
+#[inline]
+fn title_case_mask(chunk: u64, word_start: bool) -> (u64, bool) {
+    let x = chunk ^ (LO_BYTES * u64::from(b'-'));
+    // 0x80 on each zero byte of `x`, i.e. each `-` of the chunk
+    let dashes = !(((x & !HI_BITS) + !HI_BITS) | x) & HI_BITS;
+    let starts = (dashes << 8) | if word_start { 0x80 } else { 0 };
+    let at_least_a = (chunk + LO_BYTES * u64::from(0x80 - b'a')) & HI_BITS;
+    let above_z = (chunk + LO_BYTES * u64::from(0x80 - b'z' - 1)) & HI_BITS;
+    ((starts & at_least_a & !above_z) >> 2, dashes >> 63 == 1)
 }
 
 /// pingora-gateway patch (15): writes `name` in its canonical spelling.
@@ -1116,19 +1141,18 @@ fn put_canonical_spelling(name: &HeaderName, buf: &mut impl BufMut) {
         return;
     }
     // One `put_slice` from a stack copy for the usual lengths, byte by byte beyond.
+    // Eight bytes at a time into a stack copy (see `title_case_mask`), one `put_slice`.
     let mut tmp = [0u8; 64];
     let name_bytes = name.as_str().as_bytes();
-    if let Some(out) = tmp.get_mut(..name_bytes.len()) {
-        // One copy, then the letter after each `-` (and the first) upper-cased.
-        out.copy_from_slice(name_bytes);
+    if name_bytes.len() <= tmp.len() {
         let mut word_start = true;
-        for c in out.iter_mut() {
-            if word_start {
-                c.make_ascii_uppercase();
-            }
-            word_start = *c == b'-';
+        for (i, chunk) in name_bytes.chunks(8).enumerate() {
+            let word = load_chunk(chunk);
+            let (diff, next) = title_case_mask(word, word_start);
+            tmp[i * 8..i * 8 + 8].copy_from_slice(&(word ^ diff).to_le_bytes());
+            word_start = next;
         }
-        buf.put_slice(out);
+        buf.put_slice(&tmp[..name_bytes.len()]);
     } else {
         canonical_spelling(name).for_each(|c| buf.put_u8(c));
     }
@@ -1210,9 +1234,26 @@ mod tests {
         let names = [
             "x", "host", "x-forwarded-for", "a--b", "-x", "x-", "sec-ch-ua", "etag", "x-1-y",
             "content-md5", "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-w-x-y-z-0-1-2-3-4-5-6-7-8",
+            // `-` on each side of a chunk boundary; `` ` ``, `|`, `~`, `^` beside the letters
+            "abcdefg-hijklmn", "abcdefgh-xyz", "x-forwarded-proto", "a`b|c~d^e-f`", "0-9-_-a",
+            "1234567-a1234567-b1234567-c1234567-d1234567-e1234567-f1234567-g",
         ];
-        for n in names {
-            let name = HeaderName::from_static(n);
+        // and pseudo-random names over every `tchar` a name can hold, lengths 1 to 40
+        const TCHARS: &[u8] = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let random: Vec<String> = (0..2000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let len = 1 + (seed % 40) as usize;
+                (0..len)
+                    .map(|i| TCHARS[((seed >> (i % 50)) as usize + i * 7) % TCHARS.len()] as char)
+                    .collect()
+            })
+            .collect();
+        for n in names.iter().copied().chain(random.iter().map(|s| s.as_str())) {
+            let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
             let canonical: Vec<u8> = canonical_spelling(&name).collect();
             let mut written = Vec::new();
             put_canonical_spelling(&name, &mut written);
