@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -126,7 +126,12 @@ impl Side {
 /// wake-up cost a waker registration under tokio's lock.
 struct HalfWaker {
     woken: AtomicBool,
-    task: Mutex<Option<Waker>>,
+    /// The task's waker as first seen: read without a lock on every wake-up (a task's waker
+    /// does not change under tokio).
+    task: OnceLock<Waker>,
+    /// A later, different task waker, if the relay was ever polled with one (`changed`).
+    later: Mutex<Option<Waker>>,
+    changed: AtomicBool,
 }
 
 impl HalfWaker {
@@ -134,17 +139,22 @@ impl HalfWaker {
         Arc::new(HalfWaker {
             // The first poll pumps both directions.
             woken: AtomicBool::new(true),
-            task: Mutex::new(None),
+            task: OnceLock::new(),
+            later: Mutex::new(None),
+            changed: AtomicBool::new(false),
         })
     }
 
     fn set_task(&self, waker: &Waker) {
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+        if self.task.set(waker.clone()).is_err() {
+            *self.later.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+            self.changed.store(true, Ordering::Release);
+        }
     }
 
-    /// Whether the direction was woken since the last call.
+    /// Whether the direction was woken since the last call (no atomic write when it was not).
     fn take_woken(&self) -> bool {
-        self.woken.swap(false, Ordering::AcqRel)
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -155,7 +165,11 @@ impl Wake for HalfWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if self.changed.load(Ordering::Acquire) {
+            if let Some(task) = self.later.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                task.wake_by_ref();
+            }
+        } else if let Some(task) = self.task.get() {
             task.wake_by_ref();
         }
     }
