@@ -379,7 +379,7 @@ impl Forwarded {
                         }
                     }
                     joined.push_str(", ");
-                    joined.push_str(fmt_ip(peer, &mut [0u8; 64]));
+                    joined.push_str(peer_v.to_str().unwrap_or_default());
                     let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), joined);
                 }
                 _ => {
@@ -617,33 +617,35 @@ thread_local! {
         const { std::cell::RefCell::new(LastValues { ip: None, port: None }) };
 }
 
+/// The value cached in `slot` for `key`, or `make(key)`, cached in its place.
+fn cached<K: PartialEq + Copy>(
+    slot: &mut Option<(K, HeaderValue)>,
+    key: K,
+    make: impl FnOnce(K) -> HeaderValue,
+) -> HeaderValue {
+    match slot {
+        Some((cached, v)) if *cached == key => v.clone(),
+        _ => slot.insert((key, make(key))).1.clone(),
+    }
+}
+
 /// `ip` as a header value (IPv4-mapped IPv6 shown as IPv4), from the per-thread cache.
 fn ip_value(ip: IpAddr) -> HeaderValue {
     LAST_VALUES.with_borrow_mut(|last| {
-        if let Some((cached, v)) = &last.ip {
-            if *cached == ip {
-                return v.clone();
-            }
-        }
-        let v = HeaderValue::from_str(fmt_ip(ip, &mut [0u8; 64]))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
-        last.ip = Some((ip, v.clone()));
-        v
+        cached(&mut last.ip, ip, |ip| {
+            HeaderValue::from_str(fmt_ip(ip, &mut [0u8; 64]))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        })
     })
 }
 
 /// `port` as a header value, from the per-thread cache.
 fn port_value(port: u16) -> HeaderValue {
     LAST_VALUES.with_borrow_mut(|last| {
-        if let Some((cached, v)) = &last.port {
-            if *cached == port {
-                return v.clone();
-            }
-        }
-        let v = HeaderValue::from_str(fmt_u16(port, &mut [0u8; 5]))
-            .unwrap_or_else(|_| HeaderValue::from_static("0"));
-        last.port = Some((port, v.clone()));
-        v
+        cached(&mut last.port, port, |port| {
+            HeaderValue::from_str(fmt_u16(port, &mut [0u8; 5]))
+                .unwrap_or_else(|_| HeaderValue::from_static("0"))
+        })
     })
 }
 

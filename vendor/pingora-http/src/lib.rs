@@ -1083,9 +1083,10 @@ fn canonical_spelling(name: &HeaderName) -> impl Iterator<Item = u8> + '_ {
 }
 
 /// pingora-gateway patch (15): whether `spelled` is `name`'s canonical spelling, for which a
-/// case-preserving header needs no case entry.
-/// Eight bytes at a time: `spelled` must differ from the lower-case name exactly by the
-/// [`title_case_mask`] of each chunk.
+/// case-preserving header needs no case entry: eight bytes at a time, each chunk of `spelled`
+/// must differ from the lower-case name's exactly by its [`title_case_mask`]. (The same walk
+/// as `put_canonical_spelling`'s, kept as a loop with an early return: an iterator shared by
+/// both cost ~350 instructions per request more.)
 #[inline]
 fn is_canonical_spelling(name: &HeaderName, spelled: &[u8]) -> bool {
     let name = name.as_str().as_bytes();
@@ -1140,8 +1141,8 @@ fn put_canonical_spelling(name: &HeaderName, buf: &mut impl BufMut) {
         buf.put_slice(titled.as_bytes());
         return;
     }
-    // One `put_slice` from a stack copy for the usual lengths, byte by byte beyond.
-    // Eight bytes at a time into a stack copy (see `title_case_mask`), one `put_slice`.
+    // Eight bytes at a time into a stack copy and one `put_slice` for the usual lengths, byte
+    // by byte beyond.
     let mut tmp = [0u8; 64];
     let name_bytes = name.as_str().as_bytes();
     if name_bytes.len() <= tmp.len() {

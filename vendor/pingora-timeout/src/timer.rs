@@ -134,7 +134,7 @@ struct LastTimers {
 
 thread_local! {
     static LAST_TIMER: RefCell<LastTimers> = const {
-        RefCell::new(LastTimers { slots: [None, None, None, None], next: 0 })
+        RefCell::new(LastTimers { slots: [const { None }; LAST_TIMERS], next: 0 })
     };
 }
 
@@ -242,7 +242,8 @@ impl TimerManager {
     }
 
     /// pingora-gateway patch (2): [Self::register_timer] with the caller's clock reading, and
-    /// the bucket this thread registered into last reused without the tree's lock.
+    /// the buckets this thread registered into last ([`LAST_TIMER`]) reused without the tree's
+    /// lock.
     pub(crate) fn register_timer_at(&self, now: Instant, duration: Duration) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
@@ -341,7 +342,7 @@ mod tests {
 
     #[test]
     fn last_bucket_is_shared_per_manager_and_tick() {
-        // pingora-gateway patch (2): the per-thread cache of the last bucket.
+        // pingora-gateway patch (2): the per-thread cache of the last buckets.
         let a = TimerManager::new();
         let b = TimerManager::new();
         let now = Instant::now();
