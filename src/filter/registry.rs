@@ -25,6 +25,8 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A [`Filter`] with its types erased, as a route holds it.
 trait ErasedFilter: Send + Sync {
     fn name(&self) -> &str;
+    /// The filter's type, for [`Filters::has`].
+    fn filter_type(&self) -> std::any::TypeId;
     fn request<'a>(
         &'a self,
         req: &'a mut RequestCtx<'_>,
@@ -67,6 +69,9 @@ fn state<S: Default + Send + Sync + 'static>(slot: &mut FilterSlot) -> &mut S {
 impl<F: Filter> ErasedFilter for Erased<F> {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn filter_type(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<F>()
     }
     fn request<'a>(
         &'a self,
@@ -302,6 +307,13 @@ impl Filters {
     /// Names of the filters, in order.
     pub fn names(&self) -> Vec<&str> {
         self.0.iter().map(|f| f.name()).collect()
+    }
+
+    /// Whether one of the filters is an `F`, whatever name it was registered under.
+    pub fn has<F: Filter>(&self) -> bool {
+        self.0
+            .iter()
+            .any(|f| f.filter_type() == std::any::TypeId::of::<F>())
     }
 
     /// [`Filter::request`] of each filter until one answers.

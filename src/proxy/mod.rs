@@ -324,6 +324,20 @@ impl ProxyHttp for Gateway {
         Ctx::new()
     }
 
+    /// Pingora's response compression module only when a route has the `compress` filter (the
+    /// only thing that turns it on): installed but off, it still cost every request about a
+    /// thousand instructions (a context built and five hook calls, each a boxed future).
+    fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
+        let compress = self.rt.router.routes().iter().any(|r| {
+            r.filters.has::<crate::filter::CompressFilter>()
+        });
+        if compress {
+            modules.add_module(
+                pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
+            );
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // Routed by the normalised path, so a denied path has one spelling (see normalize.rs).
         let norm = normalize::normalize(session.req_header().uri.path()).map(|p| match p {
