@@ -334,7 +334,15 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
+#[cfg(test)] // pingora-gateway patch (19): the framing code uses content_length_scan
 pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    content_length_scan(headers).ok().flatten()
+}
+
+/// pingora-gateway patch (19): [`content_length_parse_all`] that tells an absent
+/// `Content-Length` (`Ok(None)`) from one that cannot be reconciled (`Err`), so that
+/// [`content_length_for_framing`] needs no second lookup to tell them apart.
+fn content_length_scan(headers: &HMap) -> std::result::Result<Option<u64>, ()> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
@@ -342,18 +350,18 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
+        let line = value.to_str().map_err(|_| ())?;
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
+            let n = from_digits(v.trim().as_bytes()).ok_or(())?;
             match content_length {
                 None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
+                Some(prev) if prev != n => return Err(()),
                 Some(_) => {}
             }
         }
     }
 
-    content_length
+    Ok(content_length)
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -361,8 +369,8 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
-        Some(cl) => {
+    match content_length_scan(headers) {
+        Ok(Some(cl)) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
@@ -377,13 +385,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        Err(()) => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
+        Ok(None) => Ok(None),
     }
 }
 
