@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The vendored Pingora crates' own unit tests, with the tests of our patches in them (each
+# The vendored crates' own unit tests, with the tests of our patches in them (each
 # PATCHED.md names its tests). They are not workspace members, so each builds on its own, in
 # target/vendor-tests.
 #
-#   scripts/test-vendor.sh          pingora-http and pingora-timeout (quick; run by scripts/test.sh)
+#   scripts/test-vendor.sh          http, pingora-http and pingora-timeout (quick; run by scripts/test.sh)
 #   scripts/test-vendor.sh --all    also pingora-core and pingora-proxy (a few minutes to build)
 #
 # Skipped: pingora-core tests that need the Internet (they connect to public hosts).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="$root/target/vendor-tests"
-crates=(pingora-http pingora-timeout)
+crates=(http pingora-http pingora-timeout)
 [ "${1:-}" = "--all" ] && crates+=(pingora-core pingora-proxy)
 for c in "${crates[@]}"; do
   echo "== vendor/$c"
