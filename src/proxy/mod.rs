@@ -14,7 +14,7 @@ pub mod static_files;
 use crate::affinity::Affinity;
 use crate::filter::Flow;
 use crate::runtime::Runtime;
-use crate::upstream::{now_ms, HashKey, Pool};
+use crate::upstream::{ms_at, now_ms, HashKey, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
@@ -462,7 +462,7 @@ impl ProxyHttp for Gateway {
                 if let Some(aff) = &p.affinity {
                     let req = session.req_header();
                     let usable = |i: usize| p.backends.get(i).is_some_and(|b| b.usable());
-                    match affinity::pin(aff, req, ctx.path(req), usable, now_ms(), &p.name) {
+                    match affinity::pin(aff, req, ctx.path(req), usable, ms_at(ctx.start), &p.name) {
                         Ok(pin) => ctx.pin = pin,
                         Err(refusal) => {
                             let body = match refusal {

@@ -52,6 +52,11 @@ pub fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
+/// [`now_ms`] of an instant already read (a request's start), without reading the clock.
+pub fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(*EPOCH).as_millis() as u64
+}
+
 /// Where the `consistent_hash` key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
@@ -147,7 +152,7 @@ impl Backend {
     /// Whether the backend may receive new requests now.
     #[inline]
     pub fn usable(&self) -> bool {
-        self.active_up.load(Relaxed) && self.ejected_until.load(Relaxed) <= now_ms()
+        self.active_up.load(Relaxed) && !self.ejected()
     }
 
     /// Whether balancing and new sessions may choose it (usable, neither draining nor
@@ -195,7 +200,20 @@ impl Backend {
 
     /// Whether passive checks have ejected the backend right now.
     pub fn ejected(&self) -> bool {
-        self.ejected_until.load(Relaxed) > now_ms()
+        // 0: never ejected, or the ejection is over and was seen so below; then no clock read
+        // (this runs for every backend a selection looks at).
+        let until = self.ejected_until.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > now_ms() {
+            return true;
+        }
+        // Over. An ejection stored meanwhile (a new, later `until`) stays.
+        let _ = self
+            .ejected_until
+            .compare_exchange(until, 0, Relaxed, Relaxed);
+        false
     }
 
     /// Ends a passive ejection (the backend passed an active check).

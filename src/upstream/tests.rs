@@ -48,6 +48,23 @@ fn passive_ejection_after_max_fails() {
 }
 
 #[test]
+fn an_ejection_ends_after_fail_timeout_and_can_start_again() {
+    let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ], passive: { max_fails: 1, fail_timeout: 100ms } } }");
+    p.report_failure(0);
+    assert!(p.backends[0].ejected());
+    assert_eq!(p.select(None, 0), Some(1));
+    std::thread::sleep(Duration::from_millis(150));
+    // Over: usable again, and the first check that saw it over cleared it.
+    assert!(p.backends[0].usable());
+    assert_eq!(p.backends[0].ejected_until.load(Relaxed), 0);
+    assert!(!p.backends[0].ejected());
+    // A new failure ejects it again.
+    p.report_failure(0);
+    assert!(p.backends[0].ejected());
+    assert!(!p.backends[0].usable());
+}
+
+#[test]
 fn consistent_hash_is_stable_and_moves_only_lost_keys() {
     let p = pool("upstreams: { a: { balance: consistent_hash, servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] } }");
     let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
