@@ -104,13 +104,23 @@ impl ToTimeout for FastTimeout {
         // pingora-gateway patch: the clock thread is checked when a timer is registered (the
         // timed future was pending), not each time a timeout wraps a future. See PATCHED.md.
         // pingora-gateway patch (2): one clock reading for both.
-        let now = std::time::Instant::now();
-        check_clock_thread_at(&TIMER_MANAGER, now);
-        Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
+        Box::pin(self.register().poll())
     }
 
     fn create(d: Duration) -> Self {
         FastTimeout(d)
+    }
+
+    fn fast_timer(&self) -> Option<TimerStub> {
+        Some(self.register())
+    }
+}
+
+impl FastTimeout {
+    fn register(&self) -> TimerStub {
+        let now = std::time::Instant::now();
+        check_clock_thread_at(&TIMER_MANAGER, now);
+        TIMER_MANAGER.register_timer_at(now, self.0)
     }
 }
 
@@ -139,6 +149,13 @@ impl ToTimeout for FastOrTokioTimeout {
         match self.kind {
             TimeoutKind::Fast => FastTimeout::create(self.duration).timeout(),
             TimeoutKind::Tokio => TokioTimeout::create(self.duration).timeout(),
+        }
+    }
+
+    fn fast_timer(&self) -> Option<TimerStub> {
+        match self.kind {
+            TimeoutKind::Fast => FastTimeout::create(self.duration).fast_timer(),
+            TimeoutKind::Tokio => None,
         }
     }
 

@@ -75,6 +75,12 @@ impl TimerStub {
         TimerStub(self.0.clone(), self.1.clone())
     }
 
+    /// pingora-gateway patch (3): the timer's `Notify` and its fired flag, for a waiter that
+    /// keeps them in place (`Timeout`).
+    pub(crate) fn into_parts(self) -> (Arc<Notify>, Arc<AtomicBool>) {
+        (self.0, self.1)
+    }
+
     /// Wait for the timer to expire.
     pub async fn poll(self) {
         if self.1.load(Ordering::SeqCst) {
