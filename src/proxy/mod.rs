@@ -328,9 +328,12 @@ impl ProxyHttp for Gateway {
     /// only thing that turns it on): installed but off, it still cost every request about a
     /// thousand instructions (a context built and five hook calls, each a boxed future).
     fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
-        let compress = self.rt.router.routes().iter().any(|r| {
-            r.filters.has::<crate::filter::CompressFilter>()
-        });
+        let compress = self
+            .rt
+            .router
+            .routes()
+            .iter()
+            .any(|r| r.filters.has::<crate::filter::CompressFilter>());
         if compress {
             modules.add_module(
                 pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
@@ -462,7 +465,8 @@ impl ProxyHttp for Gateway {
                 if let Some(aff) = &p.affinity {
                     let req = session.req_header();
                     let usable = |i: usize| p.backends.get(i).is_some_and(|b| b.usable());
-                    match affinity::pin(aff, req, ctx.path(req), usable, ms_at(ctx.start), &p.name) {
+                    let now = ms_at(ctx.start);
+                    match affinity::pin(aff, req, ctx.path(req), usable, now, &p.name) {
                         Ok(pin) => ctx.pin = pin,
                         Err(refusal) => {
                             let body = match refusal {

@@ -355,9 +355,15 @@ mod tests {
         let d = Duration::from_secs(5);
         let a1 = a.register_timer_at(now, d);
         let a2 = a.register_timer_at(now, d);
-        assert!(Arc::ptr_eq(&a1.0, &a2.0), "same tick, same manager: one bucket");
+        assert!(
+            Arc::ptr_eq(&a1.0, &a2.0),
+            "same tick, same manager: one bucket"
+        );
         let b1 = b.register_timer_at(now, d);
-        assert!(!Arc::ptr_eq(&a1.0, &b1.0), "another manager: its own bucket");
+        assert!(
+            !Arc::ptr_eq(&a1.0, &b1.0),
+            "another manager: its own bucket"
+        );
         // Back to `a`: still its bucket, with `b`'s cached beside it.
         let a3 = a.register_timer_at(now, d);
         assert!(Arc::ptr_eq(&a1.0, &a3.0));
