@@ -257,15 +257,13 @@ async fn connect(pool: &Pool, client: Option<IpAddr>) -> Result<(usize, TcpStrea
         }
         _ => None,
     };
-    let mut tried = 0u64;
+    let mut tried = crate::upstream::Tried::default();
     let mut last = "no backend available".to_string();
     for attempt in 0..=pool.retries {
-        let Some(b) = pool.select(key, tried) else {
+        let Some(b) = pool.select(key, &tried) else {
             break;
         };
-        if b < 64 {
-            tried |= 1 << b;
-        }
+        tried.insert(b);
         if attempt > 0 {
             pool.stats.retries.fetch_add(1, Relaxed);
         }

@@ -17,8 +17,8 @@ pub struct Ctx {
     pub(crate) pool: Option<std::sync::Arc<crate::upstream::Pool>>,
     /// Index of the backend chosen last.
     pub(crate) backend: Option<usize>,
-    /// Backends tried so far (bit per backend index < 64).
-    pub(crate) tried: u64,
+    /// Backends tried so far.
+    pub(crate) tried: crate::upstream::Tried,
     /// Backends tried so far.
     pub(crate) attempts: usize,
     /// The request asks for a protocol upgrade (WebSocket).
@@ -69,7 +69,7 @@ impl Ctx {
             norm_path: None,
             pool: None,
             backend: None,
-            tried: 0,
+            tried: Default::default(),
             attempts: 0,
             upgrade: false,
             client_ip: None,

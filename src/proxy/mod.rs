@@ -248,9 +248,7 @@ impl Gateway {
 
     /// Accounts for sending the request to backend `idx` and returns its peer.
     fn use_backend(&self, pool: &Pool, idx: usize, ctx: &mut Ctx) -> Box<HttpPeer> {
-        if idx < 64 {
-            ctx.tried |= 1 << idx;
-        }
+        ctx.tried.insert(idx);
         ctx.attempts += 1;
         ctx.backend = Some(idx);
         // A retry's guard replaces (and so releases) the previous backend's.
@@ -291,7 +289,7 @@ impl Gateway {
             (HashKey::Cookie(c), _) => cookie(req, c).map(str::as_bytes),
             (HashKey::Query(q), _) => query_param(req, q).map(str::as_bytes),
         };
-        let Some(idx) = pool.select(key, ctx.tried) else {
+        let Some(idx) = pool.select(key, &ctx.tried) else {
             log::warn!(
                 "upstream {}: no usable backend for {} {} ({} of {} up, {} tried)",
                 pool.name,

@@ -57,6 +57,35 @@ pub fn ms_at(t: Instant) -> u64 {
     t.saturating_duration_since(*EPOCH).as_millis() as u64
 }
 
+/// The backends one request (or TCP connection) has tried, so a retry picks another: a bit
+/// each for the first 64, a list beyond them (allocated only in pools that large, and no
+/// longer than the number of attempts).
+#[derive(Debug, Default, Clone)]
+pub struct Tried {
+    low: u64,
+    high: Vec<u32>,
+}
+
+impl Tried {
+    /// Records backend `i` as tried.
+    pub fn insert(&mut self, i: usize) {
+        if i < 64 {
+            self.low |= 1 << i;
+        } else if !self.contains(i) {
+            self.high.push(i as u32);
+        }
+    }
+
+    /// Whether backend `i` was tried.
+    pub fn contains(&self, i: usize) -> bool {
+        if i < 64 {
+            self.low & (1 << i) != 0
+        } else {
+            self.high.contains(&(i as u32))
+        }
+    }
+}
+
 /// Where the `consistent_hash` key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
@@ -850,10 +879,10 @@ impl Pool {
         self.upgraded.load(Relaxed)
     }
 
-    /// Picks a usable backend not in `exclude` (a bitmask of backend indices < 64).
+    /// Picks a usable backend not in `exclude`.
     /// `key` is the consistent-hash key, when the pool hashes and the request has one.
-    pub fn select(&self, key: Option<&[u8]>, exclude: u64) -> Option<usize> {
-        let ok = |i: usize| (i >= 64 || exclude & (1 << i) == 0) && self.backends[i].takes_new();
+    pub fn select(&self, key: Option<&[u8]>, exclude: &Tried) -> Option<usize> {
+        let ok = |i: usize| !exclude.contains(i) && self.backends[i].takes_new();
         match (self.balance, key) {
             (Balance::ConsistentHash, Some(k)) => select::rendezvous(&self.backends, k, ok),
             (Balance::LeastConn, _) => {

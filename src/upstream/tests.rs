@@ -13,7 +13,9 @@ fn pool(yaml: &str) -> Pool {
 #[test]
 fn weighted_round_robin_is_smooth_and_exact() {
     let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1, weight: 1 }, { address: 127.0.0.1:2, weight: 3 } ] } }");
-    let picks: Vec<usize> = (0..8).map(|_| p.select(None, 0).unwrap()).collect();
+    let picks: Vec<usize> = (0..8)
+        .map(|_| p.select(None, &Tried::default()).unwrap())
+        .collect();
     assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 6);
     assert_ne!(
         picks[..4],
@@ -24,14 +26,39 @@ fn weighted_round_robin_is_smooth_and_exact() {
 
 #[test]
 fn unusable_and_excluded_backends_are_skipped() {
+    let mut first = Tried::default();
+    first.insert(0);
     let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] } }");
     p.backends[1].active_up.store(false, Relaxed);
     for _ in 0..10 {
-        let i = p.select(None, 0b001).unwrap();
+        let i = p.select(None, &first).unwrap();
         assert_eq!(i, 2);
     }
     p.backends[2].active_up.store(false, Relaxed);
-    assert_eq!(p.select(None, 0b001), None);
+    assert_eq!(p.select(None, &first), None);
+}
+
+#[test]
+fn tried_backends_are_excluded_beyond_the_first_64() {
+    let servers: Vec<String> = (1..=70)
+        .map(|i| format!("{{ address: 127.0.0.1:{i} }}"))
+        .collect();
+    let p = pool(&format!(
+        "upstreams: {{ a: {{ servers: [ {} ] }} }}",
+        servers.join(", ")
+    ));
+    // Every backend but index 66 tried: whatever the turn, the choice is 66, then none.
+    let mut tried = Tried::default();
+    for i in (0..70).filter(|&i| i != 66) {
+        tried.insert(i);
+    }
+    for _ in 0..140 {
+        assert_eq!(p.select(None, &tried), Some(66));
+    }
+    tried.insert(66);
+    tried.insert(66);
+    assert_eq!(p.select(None, &tried), None);
+    assert!(tried.contains(69) && tried.contains(3) && !Tried::default().contains(69));
 }
 
 #[test]
@@ -43,7 +70,7 @@ fn passive_ejection_after_max_fails() {
     assert!(!p.backends[0].usable());
     assert!(p.backends[0].ejected());
     for _ in 0..5 {
-        assert_eq!(p.select(None, 0), Some(1));
+        assert_eq!(p.select(None, &Tried::default()), Some(1));
     }
 }
 
@@ -52,7 +79,7 @@ fn an_ejection_ends_after_fail_timeout_and_can_start_again() {
     let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ], passive: { max_fails: 1, fail_timeout: 100ms } } }");
     p.report_failure(0);
     assert!(p.backends[0].ejected());
-    assert_eq!(p.select(None, 0), Some(1));
+    assert_eq!(p.select(None, &Tried::default()), Some(1));
     std::thread::sleep(Duration::from_millis(150));
     // Over: usable again, and the first check that saw it over cleared it.
     assert!(p.backends[0].usable());
@@ -70,7 +97,7 @@ fn consistent_hash_is_stable_and_moves_only_lost_keys() {
     let keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
     let before: Vec<usize> = keys
         .iter()
-        .map(|k| p.select(Some(k.as_bytes()), 0).unwrap())
+        .map(|k| p.select(Some(k.as_bytes()), &Tried::default()).unwrap())
         .collect();
     for n in 0..3 {
         let share = before.iter().filter(|&&i| i == n).count();
@@ -78,7 +105,7 @@ fn consistent_hash_is_stable_and_moves_only_lost_keys() {
     }
     p.backends[1].active_up.store(false, Relaxed);
     for (k, &b) in keys.iter().zip(&before) {
-        let now = p.select(Some(k.as_bytes()), 0).unwrap();
+        let now = p.select(Some(k.as_bytes()), &Tried::default()).unwrap();
         if b != 1 {
             assert_eq!(now, b, "key {k} moved although its backend stayed");
         } else {
@@ -92,7 +119,7 @@ fn least_conn_prefers_idle_backends() {
     let p = pool("upstreams: { a: { balance: least_conn, servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ] } }");
     p.backends[0].in_flight.store(5, Relaxed);
     for _ in 0..4 {
-        assert_eq!(p.select(None, 0), Some(1));
+        assert_eq!(p.select(None, &Tried::default()), Some(1));
     }
 }
 
@@ -101,7 +128,7 @@ fn random_covers_all_backends() {
     let p = pool("upstreams: { a: { balance: random, servers: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ] } }");
     let mut seen = [0; 2];
     for _ in 0..200 {
-        seen[p.select(None, 0).unwrap()] += 1;
+        seen[p.select(None, &Tried::default()).unwrap()] += 1;
     }
     assert!(seen[0] > 20 && seen[1] > 20, "{seen:?}");
 }
@@ -148,7 +175,7 @@ fn round_robin_shares_a_skipped_backends_turns_evenly() {
     p.backends[1].draining.store(true, Relaxed);
     let mut n = [0usize; 3];
     for _ in 0..600 {
-        n[p.select(None, 0).unwrap()] += 1;
+        n[p.select(None, &Tried::default()).unwrap()] += 1;
     }
     assert_eq!(n, [300, 0, 300], "not 2:1 to the drained node's neighbour");
 }
@@ -166,7 +193,7 @@ fn discovery_keeps_indices_and_drains_removed_backends() {
     let p = p.rediscovered(&[vec![a, b]]).expect("changed");
     assert_eq!(p.backends.len(), 2);
     assert!(
-        p.select(None, 0).is_none(),
+        p.select(None, &Tried::default()).is_none(),
         "new backends wait for a passing check"
     );
     for x in &p.backends {
@@ -186,7 +213,11 @@ fn discovery_keeps_indices_and_drains_removed_backends() {
         "b keeps its state"
     );
     assert!(!q.backends[2].active_up(), "c waits for a health check");
-    assert_eq!(q.select(None, 0), Some(1), "only b takes new requests");
+    assert_eq!(
+        q.select(None, &Tried::default()),
+        Some(1),
+        "only b takes new requests"
+    );
     let r = q.rediscovered(&[vec![a, b, c]]).expect("a is back");
     assert_eq!(r.backends.len(), 3);
     assert_eq!(r.backends[0].state(), "up");
@@ -229,6 +260,8 @@ fn discovery_keeps_indices_and_drains_removed_backends() {
 fn heavy_equal_weights_make_a_short_wheel() {
     let p = pool("upstreams: { a: { servers: [ { address: 127.0.0.1:1, weight: 1000 }, { address: 127.0.0.1:2, weight: 1000 }, { address: 127.0.0.1:3, weight: 500 } ] } }");
     assert_eq!(p.wheel.len(), 5, "weights divided by their common divisor");
-    let picks: Vec<usize> = (0..5).map(|_| p.select(None, 0).unwrap()).collect();
+    let picks: Vec<usize> = (0..5)
+        .map(|_| p.select(None, &Tried::default()).unwrap())
+        .collect();
     assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 1);
 }
