@@ -12,7 +12,7 @@
 use crate::config::{Balance, ClientConf, Issues, ListenerConf};
 use crate::listener::ConnectionLimiter;
 use crate::runtime::{Listener, Runtime};
-use crate::upstream::{now_ms, HashKey, Pool, PoolHandle};
+use crate::upstream::{now_ms, HashKey, InFlight, Pool, PoolHandle};
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::TlsSettings;
@@ -195,7 +195,10 @@ impl TcpProxy {
         // The client: the peer, or the source a PROXY header named on this listener.
         let peer = digest.as_ref().and_then(|d| inet(d.peer_addr()));
         let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
-        let (backend, mut conn) = match connect(&pool, peer.map(|a| a.ip())).await {
+        // `_in_flight` is held for the relay's life: the backend's in-flight count, which
+        // least_conn balances on (taken before the connect, so a burst of new connections
+        // sees the ones still connecting).
+        let (backend, mut conn, _in_flight) = match connect(&pool, peer.map(|a| a.ip())).await {
             Ok(v) => v,
             Err(why) => {
                 self.log(peer, &pool.name, None, (0, 0), start, &why);
@@ -203,8 +206,6 @@ impl TcpProxy {
             }
         };
         let addr = pool.backends[backend].addr;
-        // Held for the relay's life: the backend's in-flight count (least_conn balances on it).
-        let _in_flight = pool.begin_request(backend);
         // PROXY protocol to the backend (`upstreams.<pool>.send_proxy_protocol: v1|v2`): the
         // header is the first thing on the new connection, before any byte of the client.
         if let Some(version) = pool.send_proxy_protocol() {
@@ -243,8 +244,12 @@ impl TcpProxy {
 }
 
 /// Picks a backend and connects to it, trying up to `retries` others after a failure.
-/// Returns the backend's index and the connection, or why none could be had.
-async fn connect(pool: &Pool, client: Option<IpAddr>) -> Result<(usize, TcpStream), String> {
+/// Returns the backend's index, the connection and its in-flight guard (counted from the
+/// connect attempt on), or why none could be had.
+async fn connect(
+    pool: &Pool,
+    client: Option<IpAddr>,
+) -> Result<(usize, TcpStream, InFlight), String> {
     let mut key_buf = [0u8; 16];
     let key: Option<&[u8]> = match (pool.balance, client.map(crate::util::canonical_ip)) {
         (Balance::ConsistentHash, Some(IpAddr::V4(v4))) => {
@@ -268,11 +273,12 @@ async fn connect(pool: &Pool, client: Option<IpAddr>) -> Result<(usize, TcpStrea
             pool.stats.retries.fetch_add(1, Relaxed);
         }
         let addr = pool.backends[b].addr;
+        let in_flight = pool.begin_request(b);
         let e = match tokio::time::timeout(pool.timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(conn)) => {
                 let _ = conn.set_nodelay(true);
                 pool.report_success(b);
-                return Ok((b, conn));
+                return Ok((b, conn, in_flight));
             }
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),

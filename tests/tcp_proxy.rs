@@ -5,7 +5,8 @@
 //! TLS terminated in front of a plain backend, `max_connections_per_ip`, config errors by key
 //! path, `gateway upgrade` while a relay is open (it keeps working, new connections go to the
 //! new process, none refused), consistent hashing on the client address, and the PROXY
-//! protocol header read on the listener and written first to the backend.
+//! protocol header read on the listener and written first to the backend, and a connect still
+//! in progress counted in its backend's in-flight number (least_conn balances on it).
 
 mod common;
 use common::*;
@@ -240,6 +241,66 @@ async fn relays_8_mib_each_way_and_round_robins_by_connection() {
         gw.log()
     );
     assert!(gw.log().contains("end=\"eof\""));
+}
+
+/// A listener whose accept queue is full (backlog 0, one connection queued and never
+/// accepted): the kernel drops further SYNs, so a connect to it hangs until its timeout.
+fn stuck_listener() -> (std::net::TcpListener, std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) again on the listener's own open descriptor, to shrink its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let filler = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    (l, filler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_in_progress_counts_in_its_backends_in_flight() {
+    // least_conn balances on in-flight: a backend that is slow to accept must count the
+    // connections still connecting to it, or a burst of new connections all pick it.
+    let (stuck, _filler) = stuck_listener();
+    let slow = stuck.local_addr().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let pool = format!(
+        "{}    balance: least_conn\n    retries: 0\n    passive: {{ max_fails: 0 }}\n    timeouts: {{ connect: 4s }}\n",
+        servers(&[slow])
+    );
+    let gw = Gateway::start_with(&tcp_config(port, admin, &pool, ""), port, admin);
+    // The harness's readiness probe was relayed too: let its connect time out first (it may
+    // not have started yet: wait out a whole connect timeout, then for the count to drop).
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let deadline = Instant::now() + STEP;
+    while backend_state(admin, slow).await.1 != 0 {
+        assert!(Instant::now() < deadline, "the probe's connect never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut counted = false;
+    for _ in 0..30 {
+        if backend_state(admin, slow).await.1 == 1 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        counted,
+        "a connect in progress is in the backend's in-flight count"
+    );
+    // The connect times out: the client's connection is closed and the count released.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(STEP, client.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "closed after the connect timeout: {n:?}"
+    );
+    assert_eq!(
+        backend_state(admin, slow).await.1,
+        0,
+        "released after the failed connect"
+    );
+    assert!(gw.log().contains("connect timed out"), "{}", gw.log());
+    drop(stuck);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
