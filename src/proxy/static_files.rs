@@ -4,8 +4,9 @@
 //! percent-decoded, split into segments (a `..` segment is refused even though normalisation
 //! removed them) and looked up under the root. The path found is canonicalised (symlinks
 //! followed) and must still be under the canonical root, or the answer is 403; the file is
-//! then opened by that canonical path with `O_NOFOLLOW`, so a symlink swapped in for its last
-//! component afterwards is refused too. The lookup runs on one blocking thread per request.
+//! then opened beneath the root with no symlink allowed in any component (`openat2`), so a
+//! symlink swapped into the path afterwards is refused too (403), not followed out of the
+//! root. The lookup runs on one blocking thread per request.
 //!
 //! What a client gets, with nginx's defaults:
 //! - a directory: its first existing `index` file; none: 403 (no listing); a directory named
@@ -642,7 +643,7 @@ impl Lookup {
             if !canon.starts_with(&root) {
                 continue;
             }
-            if let Ok((file, meta)) = open_regular(&canon) {
+            if let Ok((file, meta)) = open_regular(&root, &canon) {
                 return Outcome::File(Opened {
                     file,
                     meta,
@@ -651,7 +652,7 @@ impl Lookup {
                 });
             }
         }
-        match open_regular(&path) {
+        match open_regular(&root, &path) {
             Ok((file, meta)) => Outcome::File(Opened {
                 file,
                 meta,
@@ -664,14 +665,38 @@ impl Lookup {
     }
 }
 
-/// Opens a canonical path for reading without following a symlink in its last component and
-/// without blocking on a FIFO; only regular files are accepted.
-fn open_regular(path: &Path) -> std::result::Result<(File, Metadata), io::Result<&'static str>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(Err)?;
+/// Opens `path`, canonical and inside the canonical `root`, for reading, without blocking on a
+/// FIFO; only regular files are accepted. Its part under the root is resolved beneath the
+/// root's descriptor with no symlink allowed in any component (`openat2`, `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`): the lookup canonicalised the path, so a symlink met now (in any
+/// component, not only the last) was swapped in after the lookup checked it, and is refused
+/// instead of followed out of the root. Where `openat2` is missing (Linux before 5.6, or
+/// filtered by a sandbox) only the last component is protected (`O_NOFOLLOW`).
+fn open_regular(
+    root: &Path,
+    path: &Path,
+) -> std::result::Result<(File, Metadata), io::Result<&'static str>> {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return Err(Ok("resolves outside the root (symlink)"));
+    };
+    let file = match open_beneath(root, rel) {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                log::warn!("static: openat2 is not available ({e}): a symlink swapped into a served path's directories after its lookup is not detected")
+            });
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path)
+                .map_err(Err)?
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) => {
+            return Err(Ok("a symlink appeared in the path after its lookup"));
+        }
+        Err(e) => return Err(Err(e)),
+    };
     let meta = file.metadata().map_err(Err)?;
     if !meta.is_file() {
         return Err(Ok("not a regular file"));
@@ -679,9 +704,87 @@ fn open_regular(path: &Path) -> std::result::Result<(File, Metadata), io::Result
     Ok((file, meta))
 }
 
+/// `openat2(root, rel, O_RDONLY | O_NONBLOCK | O_CLOEXEC, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`.
+fn open_beneath(root: &Path, rel: &Path) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dir = File::open(root)?;
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let rel = std::ffi::CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `open_how` is plain data (non-exhaustive, so zeroed and then filled in).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and an `open_how` of the
+    // size passed, all alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            rel.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor openat2 just returned, owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A symlink in any component of a path the lookup had checked (one swapped in since) is
+    /// refused, even when it points inside the root; a plain path opens.
+    #[test]
+    fn a_symlink_swapped_into_a_checked_path_is_refused() {
+        let base = std::env::temp_dir().join(format!("static-beneath-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        std::fs::create_dir_all(root.join("dir")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("dir/file.txt"), b"inside").unwrap();
+        std::fs::write(outside.join("file.txt"), b"outside").unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        if let Err(e) = open_beneath(&root, Path::new("dir/file.txt")) {
+            // Only the fallback (the last component) is protected there: nothing to check.
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)),
+                "{e}"
+            );
+            eprintln!("openat2 is not available here ({e}): not checked");
+            return;
+        }
+
+        let (_, meta) = open_regular(&root, &root.join("dir/file.txt")).expect("plain path");
+        assert_eq!(meta.len(), 6);
+
+        // `dir` replaced by a symlink to a directory outside the root after the lookup.
+        std::fs::rename(root.join("dir"), root.join("dir.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dir")).unwrap();
+        let refused = open_regular(&root, &root.join("dir/file.txt"));
+        assert!(matches!(refused, Err(Ok(_))), "followed out of the root");
+        // Even a symlink that stays inside the root: the path was canonical when checked.
+        std::fs::remove_file(root.join("dir")).unwrap();
+        std::os::unix::fs::symlink("dir.old", root.join("dir")).unwrap();
+        assert!(matches!(
+            open_regular(&root, &root.join("dir/file.txt")),
+            Err(Ok(_))
+        ));
+        // A path not under the root at all.
+        assert!(matches!(
+            open_regular(&root, &outside.join("file.txt")),
+            Err(Ok(_))
+        ));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
