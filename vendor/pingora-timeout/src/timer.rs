@@ -83,10 +83,14 @@ impl TimerStub {
 
     /// Wait for the timer to expire.
     pub async fn poll(self) {
+        // pingora-gateway patch (3): subscribed before the fired flag is read, as `Timeout`'s
+        // in-place wait does: a timer that fires between the two still wakes this one (read
+        // first, such a firing was missed).
+        let notified = self.0.notified();
         if self.1.load(Ordering::SeqCst) {
             return;
         }
-        self.0.notified().await;
+        notified.await;
     }
 }
 
