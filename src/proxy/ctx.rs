@@ -17,9 +17,9 @@ pub struct Ctx {
     pub(crate) pool: Option<std::sync::Arc<crate::upstream::Pool>>,
     /// Index of the backend chosen last.
     pub(crate) backend: Option<usize>,
-    /// Backends tried so far.
+    /// Which backends were tried (a retry picks another).
     pub(crate) tried: crate::upstream::Tried,
-    /// Backends tried so far.
+    /// How many attempts were made (connect retries included).
     pub(crate) attempts: usize,
     /// The request asks for a protocol upgrade (WebSocket).
     pub(crate) upgrade: bool,
