@@ -327,11 +327,14 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
+        // pingora-gateway patch (21): the lean pool tests a stream when it hands it out (and
+        // its sweeper tests the idle ones), so it takes the stream untested; the default
+        // pool's watcher needs a live stream to start.
         if let Some(pool) = &self.lean_pool {
             pool.put(key, stream, idle_timeout);
+            return;
+        }
+        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
         let id = stream.id();

@@ -348,11 +348,11 @@ fn content_length_scan(headers: &HMap) -> std::result::Result<Option<u64>, ()> {
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        // A non-visible-ASCII value can't be a valid Content-Length, so the
-        // framing is ambiguous.
-        let line = value.to_str().map_err(|_| ())?;
-        for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes()).ok_or(())?;
+        // pingora-gateway patch (20): scanned as bytes. Only digits and the optional
+        // whitespace (SP, HTAB) around them are accepted, so a value that is not visible
+        // ASCII is refused as before, without a UTF-8 check, a `str` split and a Unicode trim.
+        for v in value.as_bytes().split(|&b| b == b',') {
+            let n = from_digits(trim_ows(v)).ok_or(())?;
             match content_length {
                 None => content_length = Some(n),
                 Some(prev) if prev != n => return Err(()),
@@ -362,6 +362,18 @@ fn content_length_scan(headers: &HMap) -> std::result::Result<Option<u64>, ()> {
     }
 
     Ok(content_length)
+}
+
+/// `bytes` without the optional whitespace (RFC 9110 5.6.3: SP and HTAB) at either end.
+#[inline]
+fn trim_ows(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -507,6 +519,13 @@ mod test {
     #[case::negative("-1", None)]
     #[case::trailing_comma("5,", None)]
     #[case::overflow("99999999999999999999999999", None)]
+    // pingora-gateway patch (20): the byte scan trims SP and HTAB only, and refuses what is
+    // not visible ASCII as the `str` scan did
+    #[case::ows_around("\t5 , 5 ", Some(5))]
+    #[case::space_inside("5 5", None)]
+    #[case::obs_text("5\u{a0}", None)]
+    #[case::obs_text_before("\u{a0}5", None)]
+    #[case::plus_sign("+5", None)]
     fn test_content_length_parse_all_single_header(
         #[case] value: &str,
         #[case] expected: Option<u64>,
