@@ -24,9 +24,7 @@
 
 use bytes::BufMut;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
-use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
-use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
 use pingora_error::{ErrorType::*, OrErr, Result};
@@ -160,7 +158,8 @@ impl RequestHeader {
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
+        // pingora-gateway patch (4): an empty request's parts, without the builder's moves.
+        let mut base = http::Request::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
@@ -525,7 +524,8 @@ impl ResponseHeader {
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
+        // pingora-gateway patch (4): an empty response's parts, without the builder's moves.
+        let mut base = http::Response::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
@@ -704,9 +704,17 @@ impl ResponseHeader {
 /// Build a [Uri] carrying only a path-and-query component. `target` is the original
 /// request-target, used for error context.
 fn path_and_query_uri(path_and_query: &str, target: &str) -> Result<Uri> {
-    Uri::builder()
-        .path_and_query(path_and_query)
-        .build()
+    // pingora-gateway patch (4): the same Uri as the builder's, without its moves of a
+    // `Result<Parts>` and its parts checks. The empty target keeps the builder: only it can
+    // make the empty path-and-query (rendered "/") that `http` keeps private.
+    if path_and_query.is_empty() {
+        return Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"));
+    }
+    http::uri::PathAndQuery::try_from(path_and_query)
+        .map(Uri::from)
         .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"))
 }
 
@@ -806,28 +814,23 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     })
 }
 
+// pingora-gateway patch (4): the parts are filled in place (`Parts` has a private field, so
+// they start as an empty request's or response's), not passed through a builder that moves
+// its `Result<Parts>` at every step.
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
-    let mut parts = ReqBuilder::new()
-        .method(me.method.clone())
-        .uri(me.uri.clone())
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = me.method.clone();
+    parts.uri = me.uri.clone();
+    parts.version = me.version;
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
 }
 
 fn clone_resp_parts(me: &RespParts) -> RespParts {
-    let mut parts = RespBuilder::new()
-        .status(me.status)
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = me.status;
+    parts.version = me.version;
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
@@ -1528,6 +1531,46 @@ mod tests {
         let req = RequestHeader::build("GET", b"/a\xff#frag", None).unwrap();
         assert_eq!(b"/a\xff", req.raw_path());
         assert!(!req.raw_path_is_utf8());
+    }
+
+    /// pingora-gateway patch (4): the Uri built without the builder is the builder's, and a
+    /// target it refuses is refused the same way.
+    #[test]
+    fn test_path_and_query_uri_is_the_builders() {
+        for target in [
+            "", "/", "/a/b?c=d&e", "?q", "*", "/%20x", "/caf\u{e9}", "/a b", "/a\u{7f}",
+        ] {
+            let builder = Uri::builder().path_and_query(target).build();
+            match (path_and_query_uri(target, target), builder) {
+                (Ok(ours), Ok(theirs)) => {
+                    assert_eq!(ours, theirs, "{target:?}");
+                    assert_eq!(ours.path_and_query(), theirs.path_and_query(), "{target:?}");
+                }
+                (Err(_), Err(_)) => {}
+                (ours, theirs) => panic!("{target:?}: {ours:?} vs {theirs:?}"),
+            }
+        }
+    }
+
+    /// pingora-gateway patch (4): a clone built in place carries every part.
+    #[test]
+    fn test_clone_carries_every_part() {
+        let mut req = RequestHeader::build("POST", b"/p?q", None).unwrap();
+        req.set_version(http::Version::HTTP_10);
+        req.append_header("X-A", "1").unwrap();
+        let c = req.clone();
+        assert_eq!(c.method, req.method);
+        assert_eq!(c.uri, req.uri);
+        assert_eq!(c.version, req.version);
+        assert_eq!(c.headers, req.headers);
+
+        let mut resp = ResponseHeader::build(418, None).unwrap();
+        resp.set_version(http::Version::HTTP_10);
+        resp.append_header("X-B", "2").unwrap();
+        let c = resp.clone();
+        assert_eq!(c.status, resp.status);
+        assert_eq!(c.version, resp.version);
+        assert_eq!(c.headers, resp.headers);
     }
 
     #[test]
