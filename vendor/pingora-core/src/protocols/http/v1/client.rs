@@ -67,6 +67,10 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// pingora-gateway patch (22): the framing `Content-Length` that [`Self::validate_response`]
+    /// resolved for the header just read, taken by [`Self::init_body_reader`] instead of
+    /// resolving it again (`None`: not resolved).
+    resolved_content_length: Option<Option<usize>>,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +104,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            resolved_content_length: None,
         }
     }
 
@@ -203,11 +208,25 @@ impl HttpSession {
 
     // Validate the response header read. This function must be called after the response header
     // read.
-    fn validate_response(&self) -> Result<()> {
+    fn validate_response(&mut self) -> Result<()> {
         let resp_header = self
             .response_header
             .as_ref()
             .expect("response header must be read");
+        // pingora-gateway patch (22): `validate_content_length` inlined to keep what it resolves.
+        // With Transfer-Encoding the body is chunked (or close-delimited) and Content-Length
+        // unused, so nothing is resolved.
+        self.resolved_content_length = None;
+        let validated = if resp_header
+            .headers
+            .get(header::TRANSFER_ENCODING)
+            .is_some()
+        {
+            Ok(())
+        } else {
+            content_length_for_framing(&resp_header.headers)
+                .map(|cl| self.resolved_content_length = Some(cl))
+        };
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
@@ -215,7 +234,7 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
+        if let Err(e) = validated {
             if self.allow_h1_response_invalid_content_length
                 && super::common::content_length_is_single_token(&resp_header.headers)
             {
@@ -223,6 +242,8 @@ impl HttpSession {
                     "tolerating invalid Content-Length ({e}); \
                      treating response as close-delimited"
                 );
+                // what `get_content_length().unwrap_or(None)` gives: no length
+                self.resolved_content_length = Some(None);
             } else {
                 return Err(e);
             }
@@ -748,7 +769,11 @@ impl HttpSession {
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) = self
+                .resolved_content_length
+                .take()
+                .unwrap_or_else(|| self.get_content_length().unwrap_or(None))
+            {
                 self.body_reader.init_content_length(cl, preread_body);
             } else {
                 self.body_reader.init_close_delimited(preread_body);
@@ -1497,6 +1522,29 @@ mod tests_stream {
         );
         let body = http_stream.read_body_ref().await.unwrap();
         assert!(body.is_none());
+        assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
+    }
+
+    /// pingora-gateway patch (22): the body is framed by the length resolved for the final
+    /// header, not by one an informational header before it carried.
+    #[tokio::test]
+    async fn body_is_framed_by_the_final_headers_content_length() {
+        init_log();
+        let early = b"HTTP/1.1 103 Early Hints\r\nContent-Length: 9\r\n\r\n";
+        let last = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+        let mock_io = Builder::new()
+            .read(&early[..])
+            .read(&last[..])
+            .read(b"abc")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        assert_eq!(http_stream.get_status().unwrap().as_u16(), 103);
+        assert!(!http_stream.is_body_done());
+        http_stream.read_response().await.unwrap();
+        assert_eq!(http_stream.get_status().unwrap().as_u16(), 200);
+        let body = http_stream.read_body_ref().await.unwrap().unwrap();
+        assert_eq!(body, b"abc");
         assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
     }
 
