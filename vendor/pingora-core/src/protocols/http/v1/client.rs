@@ -213,20 +213,11 @@ impl HttpSession {
             .response_header
             .as_ref()
             .expect("response header must be read");
-        // pingora-gateway patch (22): `validate_content_length` inlined to keep what it resolves.
-        // With Transfer-Encoding the body is chunked (or close-delimited) and Content-Length
-        // unused, so nothing is resolved.
+        // pingora-gateway patch (22): what the validation resolved is kept for the body reader
+        // (nothing with Transfer-Encoding, which leaves Content-Length unused).
         self.resolved_content_length = None;
-        let validated = if resp_header
-            .headers
-            .get(header::TRANSFER_ENCODING)
-            .is_some()
-        {
-            Ok(())
-        } else {
-            content_length_for_framing(&resp_header.headers)
-                .map(|cl| self.resolved_content_length = Some(cl))
-        };
+        let validated = super::common::validate_content_length(&resp_header.headers)
+            .map(|cl| self.resolved_content_length = cl);
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are

@@ -419,12 +419,16 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
 /// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
 /// ambiguous values before they cross a proxy boundary.
-pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
+///
+/// pingora-gateway patch (22): returns what it resolved, for a caller that frames the body
+/// with it: `Some(length)` (`Some(None)`: no `Content-Length`), or `None` when
+/// `Transfer-Encoding` leaves `Content-Length` unused.
+pub(crate) fn validate_content_length(headers: &HMap) -> Result<Option<Option<usize>>> {
     if headers.get(header::TRANSFER_ENCODING).is_some() {
         // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
-        return Ok(());
+        return Ok(None);
     }
-    content_length_for_framing(headers).map(|_| ())
+    content_length_for_framing(headers).map(Some)
 }
 
 /// Validate `Content-Length` for transports where `Transfer-Encoding` is not
