@@ -211,6 +211,12 @@ def main():
     g, m = med("http_ka", "cpu_us", "gw"), med("http_ka", "cpu_us", "gwnm")
     tl.append(f"| /metrics counters cost nothing measurable (keep-alive CPU/request, metrics on vs off) | {fmt(g, 2)} vs {fmt(m, 2)} µs"
               f" ({rx(g, m)}; run-to-run spread of this VM: see the per-run table) | {state(None if g is None or m is None else g <= m * 1.03)} |")
+    # With PGO=1: what the profile-guided build gains over the plain release build.
+    g, p_ = med("http_ka", "cpu_us", "gw"), med("http_ka", "cpu_us", "gwpl")
+    if p_ is not None:
+        gu, pu = med("http_ka", "usr_us", "gw"), med("http_ka", "usr_us", "gwpl")
+        tl.append(f"| (information) profile-guided build vs the plain release build, keep-alive CPU/request | {fmt(g, 2)} vs {fmt(p_, 2)} µs"
+                  f" ({rx(g, p_)}); user space {fmt(gu, 1)} vs {fmt(pu, 1)} µs ({rx(gu, pu)}) | n/a |")
     # Route lookup: 10,000 prefix routes under one host at most 2x the 10-route lookup.
     def last_ns(key):
         r = rt.get(key) if isinstance(rt, dict) else None

@@ -7,7 +7,9 @@
 # Env: RUNS (3), DURATION seconds per load run (8), HTTP_CONNS (64), WS_CONNS (200),
 #      IDLE_CONNS (5000), HOLD seconds the idle WebSockets are held (5), SIO_CLIENTS (20),
 #      SIO_EMITS (20), COUNT_DURATION seconds of the backend-connection counting pass (2),
-#      BENCH_WORK (/tmp/gwbench), SKIP_BUILD=1, NO_NETNS=1.
+#      BENCH_WORK (/tmp/gwbench), SKIP_BUILD=1, NO_NETNS=1, PGO=1 (the gateway and bare
+#      Pingora both from scripts/build-pgo.sh, the profile-guided build, instead of the plain
+#      release build).
 #
 # Installs what is missing (nginx, haproxy, wrk, procps, util-linux, iproute2, curl, node
 # packages), builds the release binaries, then runs every measurement inside a private network
@@ -37,6 +39,11 @@ GW="$REL/gateway"
 DEMO="$REL/examples/demo_backend"
 WSB="$REL/examples/wsbench"
 BARE="$REL/examples/bare_proxy"
+if [ "${PGO:-0}" = 1 ]; then
+  GW="$ROOT/target/pgo/use/release/gateway"
+  BARE="$ROOT/target/pgo/use/release/examples/bare_proxy"
+fi
+export PGO
 SIO_DIR="$ROOT/tests/socketio"
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
@@ -46,7 +53,7 @@ log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 if [[ "${1:-}" != "--inner" ]]; then
   START_TS=$(date +%s)
   export BENCH_START_TS=$START_TS
-  export BENCH_CMD="RUNS=$RUNS DURATION=$DURATION HTTP_CONNS=$HTTP_CONNS WS_CONNS=$WS_CONNS IDLE_CONNS=$IDLE_CONNS HOLD=$HOLD SIO_CLIENTS=$SIO_CLIENTS bench/run.sh"
+  export BENCH_CMD="RUNS=$RUNS DURATION=$DURATION HTTP_CONNS=$HTTP_CONNS WS_CONNS=$WS_CONNS IDLE_CONNS=$IDLE_CONNS HOLD=$HOLD SIO_CLIENTS=$SIO_CLIENTS${PGO:+ PGO=$PGO} bench/run.sh"
   need=()
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
@@ -81,6 +88,10 @@ if [[ "${1:-}" != "--inner" ]]; then
       sleep 30
     done
     [ $ok = 1 ] || { log "build failed"; exit 1; }
+    if [ "${PGO:-0}" = 1 ]; then
+      log "scripts/build-pgo.sh (PGO=1)"
+      "$ROOT/scripts/build-pgo.sh" 2>"$ROOT/target/bench-pgo.log" || { tail -5 "$ROOT/target/bench-pgo.log" >&2; log "PGO build failed"; exit 1; }
+    fi
   fi
   for b in "$GW" "$BARE" "$DEMO" "$WSB" "$REL/examples/sid_table_bench" "$REL/examples/route_bench"; do
     [ -x "$b" ] || { log "missing $b"; exit 1; }
@@ -135,6 +146,8 @@ P_GWADMIN=8091
 P_GWSIO=8011
 P_GWNM=8012
 P_GWNMADMIN=8092
+P_GWPL=8013
+P_GWPLADMIN=8093
 
 PIDS=()        # everything started here
 GW_PIDS=" "    # the gateways among them: stopped with SIGINT (fast shutdown; SIGTERM is
@@ -182,6 +195,12 @@ features_config "$WORK" "$P_GW" "$P_GWADMIN" "$P_BACKEND" >"$WORK/gw.yaml"
 # what /metrics costs on the request path (keep-alive scenario only).
 sed -e "s/127.0.0.1:$P_GW\"/127.0.0.1:$P_GWNM\"/; s/127.0.0.1:$P_GWADMIN\"/127.0.0.1:$P_GWNMADMIN\", metrics: false/" \
     -e "s#$WORK/gw.pid#$WORK/gwnm.pid#; s#$WORK/gw.sock#$WORK/gwnm.sock#" "$WORK/gw.yaml" >"$WORK/gwnm.yaml"
+# With PGO=1: the same config on the plain release build, to show what the profile-guided
+# build gains (keep-alive scenario only).
+sed -e "s/127.0.0.1:$P_GW\"/127.0.0.1:$P_GWPL\"/; s/127.0.0.1:$P_GWADMIN\"/127.0.0.1:$P_GWPLADMIN\"/" \
+    -e "s#$WORK/gw.pid#$WORK/gwpl.pid#; s#$WORK/gw.sock#$WORK/gwpl.sock#" "$WORK/gw.yaml" >"$WORK/gwpl.yaml"
+EXTRA_KA=(gwnm)
+[ "${PGO:-0}" = 1 ] && EXTRA_KA+=(gwpl)
 cat >"$WORK/gwsio.yaml" <<EOF
 server: { threads: 1, pid_file: $WORK/gwsio.pid, upgrade_sock: $WORK/gwsio.sock }
 listeners: [ { address: "127.0.0.1:$P_GWSIO" } ]
@@ -284,6 +303,9 @@ start_target() { # target
     gwnm)
       RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gwnm.yaml" >>"$WORK/logs/gwnm.log" 2>&1 &
       TPID[gwnm]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_GWNM/health" ;;
+    gwpl)
+      RUST_LOG=warn taskset -c 0 "$REL/gateway" -c "$WORK/gwpl.yaml" >>"$WORK/logs/gwpl.log" 2>&1 &
+      TPID[gwpl]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_GWPL/health" ;;
     gwsio)
       RUST_LOG=warn taskset -c 0 "$GW" -c "$WORK/gwsio.yaml" >>"$WORK/logs/gwsio.log" 2>&1 &
       TPID[gwsio]=$!; PIDS+=($!); GW_PIDS+="$! "; wait_http "http://127.0.0.1:$P_GWSIO/health" ;;
@@ -361,7 +383,7 @@ COUNT_DURATION=${COUNT_DURATION:-2}   # seconds of the new-connection counting p
 log "backend connection count: $([ $BACKEND_SYN = 1 ] && echo "nftables SYN counter on :$P_BACKEND, ${COUNT_DURATION} s counting pass after each new-connection run (no rule during the measured runs)" || echo "PassiveOpens - requests")"
 backend_syns() { nft list counter inet gwbench bsyn | awk '{ for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }'; }
 passive_opens() { awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1 } else print $c }' /proc/net/snmp; }
-port_of() { case $1 in gw) echo $P_GW ;; bare) echo $P_BARE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; gwnm) echo $P_GWNM ;; esac; }
+port_of() { case $1 in gw) echo $P_GW ;; bare) echo $P_BARE ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;; direct) echo $P_BACKEND ;; gwsio) echo $P_GWSIO ;; gwnm) echo $P_GWNM ;; gwpl) echo $P_GWPL ;; esac; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RES"; } # scenario metric target run value
 calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
 to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v + 0 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 } else print v + 0 }'; }
@@ -377,7 +399,7 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$P_BACKEND/health"
 wait_http "http://127.0.0.1:$P_SIO1/health"
 wait_http "http://127.0.0.1:$P_SIO2/health"
-for t in gw gwnm bare nginx haproxy gwsio; do start_target $t; done
+for t in gw "${EXTRA_KA[@]}" bare nginx haproxy gwsio; do start_target $t; done
 TARGETS=(gw bare nginx haproxy direct)
 
 log "warm-up"
@@ -546,7 +568,7 @@ scn_sio() { # target(gwsio|direct) run
 # ---- the runs ----------------------------------------------------------------------------
 for run in $(seq "$RUNS"); do
   log "run $run/$RUNS: HTTP keep-alive"
-  for t in "${TARGETS[@]}" gwnm; do scn_http "$t" "$run" ka; done
+  for t in "${TARGETS[@]}" "${EXTRA_KA[@]}"; do scn_http "$t" "$run" ka; done
   log "run $run/$RUNS: HTTP new connection per request"
   for t in "${TARGETS[@]}"; do scn_http "$t" "$run" close; done
   log "run $run/$RUNS: WebSocket echo"
@@ -568,7 +590,7 @@ echo "$route_out" >"$WORK/route.json"
 # done, and its SIGPIPE (exit 141) would stop the script here under `set -o pipefail`.
 NGINX_V=$(nginx -v 2>&1 | sed -n 1p)
 HAPROXY_V=$(haproxy -v 2>&1 | sed -n 1p)
-GW_V=$("$GW" --version 2>&1 | sed -n 1p)
+GW_V=$("$GW" --version 2>&1 | sed -n 1p)$([ "${PGO:-0}" = 1 ] && echo " (profile-guided build, scripts/build-pgo.sh; bare Pingora too)")
 CPU_MODEL=$(lscpu 2>/dev/null | awk -F: '/Model name/ && !m {gsub(/^ +/, "", $2); m = $2} END {print m}')
 ELAPSED=$(( $(date +%s) - ${BENCH_START_TS:-$(date +%s)} ))
 python3 "$ROOT/bench/report.py" --results "$RES" --sid "$WORK/sid.json" --route "$WORK/route.json" \

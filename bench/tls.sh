@@ -4,7 +4,8 @@
 # CPU 0, wrk and the backend to CPU 1, targets interleaved run by run, medians printed.
 #   keep-alive: wrk -c64 over HTTPS        -> requests/s, proxy CPU us/request
 #   handshakes: wrk -c32 Connection: close -> full TLS handshakes/s, proxy CPU us/handshake
-# Usage: bench/tls.sh   (env: RUNS=3 DURATION=8)
+# Usage: bench/tls.sh   (env: RUNS=3 DURATION=8; GATEWAY_BIN, default target/release/gateway:
+#        target/pgo/use/release/gateway measures the profile-guided build)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS=${RUNS:-3}
@@ -36,7 +37,7 @@ admin: { enabled: false }
 upstreams: { app: { servers: [ { address: "127.0.0.1:$BPORT" } ] } }
 routes: [ { upstream: app } ]
 YAML
-RUST_LOG=warn taskset -c 0 "$root/target/release/gateway" -c gw.yaml >gw.log 2>&1 & pids+=($!); gwpid=$!
+RUST_LOG=warn taskset -c 0 "${GATEWAY_BIN:-$root/target/release/gateway}" -c gw.yaml >gw.log 2>&1 & pids+=($!); gwpid=$!
 
 cat > nginx.conf <<NGX
 worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx.err warn;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing the gateway needs, when missing: cmake (Pingora's
-# zlib-ng build), a C compiler, Chromium and Redis (browser and cross-node tests), and the npm packages of the Socket.IO suite.
+# zlib-ng build), a C compiler, Chromium and Redis (browser and cross-node tests), wrk and curl
+# (the check of scripts/build-pgo.sh's training), and the npm packages of the Socket.IO suite.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 need_apt=()
@@ -10,6 +11,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The browser tests (dashboard, end-to-end page) and the cross-node rooms example.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit + integration tests (real gateway binary, real backends on
-# 127.0.0.1), the examples, the vendored Pingora crates' quick unit tests, and the Socket.IO
-# real-client suite when present.
+# 127.0.0.1), the examples, the vendored Pingora crates' quick unit tests, the training of the
+# profile-guided build (scripts/build-pgo.sh --check), and the Socket.IO real-client suite when
+# present.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -16,6 +17,7 @@ else
 fi
 "$root/scripts/test-vendor.sh"
 "$root/scripts/check-deploy.sh"
+"$root/scripts/build-pgo.sh" --check
 if [ -f "$root/tests/socketio/package.json" ]; then
   cargo build --bin gateway
   (cd "$root/tests/socketio" && GATEWAY_BIN="$root/target/debug/gateway" node --test --test-concurrency=1)
