@@ -93,7 +93,7 @@ if [[ "${1:-}" != "--inner" ]]; then
       "$ROOT/scripts/build-pgo.sh" 2>"$ROOT/target/bench-pgo.log" || { tail -5 "$ROOT/target/bench-pgo.log" >&2; log "PGO build failed"; exit 1; }
     fi
   fi
-  for b in "$GW" "$BARE" "$DEMO" "$WSB" "$REL/examples/sid_table_bench" "$REL/examples/route_bench"; do
+  for b in "$GW" "$BARE" "$REL/gateway" "$DEMO" "$WSB" "$REL/examples/sid_table_bench" "$REL/examples/route_bench"; do
     [ -x "$b" ] || { log "missing $b"; exit 1; }
   done
   if [ "${NO_NETNS:-0}" != 1 ] && unshare -n true 2>/dev/null; then

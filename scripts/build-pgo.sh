@@ -5,7 +5,7 @@
 #                                    (and examples/bare_proxy, the benchmark's bare Pingora)
 #   scripts/build-pgo.sh --check  the training alone, briefly, on the debug build and without
 #                                 a profile: what scripts/test.sh runs to keep this script
-#                                 working (~30 s)
+#                                 working (~20 s)
 #
 # Three steps, ~20 minutes on 2 cores:
 #   1. an instrumented release build (-Cprofile-generate) of the gateway and bare_proxy;
@@ -49,7 +49,7 @@ else
   log "1/3 instrumented build"
   rm -rf "$DATA"
   mkdir -p "$DATA"
-  CARGO_TARGET_DIR=$OUT/gen RUSTFLAGS="-Cprofile-generate=$DATA" \
+  CARGO_TARGET_DIR=$OUT/gen RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$DATA" \
     cargo build --release --bin gateway --example bare_proxy
   cargo build --release --example demo_backend --example wsbench
   GEN=$OUT/gen/release
@@ -151,6 +151,6 @@ log "profile: $(du -h "$DATA/merged.profdata" | cut -f1) from $(ls "$DATA"/*.pro
 log "3/3 optimised build"
 # From scratch: cargo does not rebuild a registry crate when only the profile's contents changed.
 rm -rf "$OUT/use"
-CARGO_TARGET_DIR=$OUT/use RUSTFLAGS="-Cprofile-use=$DATA/merged.profdata" \
+CARGO_TARGET_DIR=$OUT/use RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$DATA/merged.profdata" \
   cargo build --release --bin gateway --example bare_proxy
 log "done: $OUT/use/release/gateway"
