@@ -7,7 +7,8 @@
 #                                 a profile: what scripts/test.sh runs to keep this script
 #                                 working (~20 s)
 #
-# Three steps, ~20 minutes on 2 cores:
+# Three steps, ~20-25 minutes on 2 cores from a cold cache (two release builds, plus the plain
+# release build of the training's backend and client when missing):
 #   1. an instrumented release build (-Cprofile-generate) of the gateway and bare_proxy;
 #   2. training: each one proxies keep-alive GETs, new connections and WebSocket echo to
 #      examples/demo_backend on 127.0.0.1 (the gateway on bench/gateway-config.sh's
