@@ -1,16 +1,17 @@
-# Sourced by bench/run.sh and bench/instructions.sh: the gateway config they measure.
+# Sourced by bench/run.sh, bench/instructions.sh and scripts/build-pgo.sh: the gateway config
+# they measure (and the profile-guided build trains on).
 #
-# features_config DIR PROXY_PORT ADMIN_PORT BACKEND_PORT prints the gateway with its features
-# on: a route table (the benchmark's requests match the last route), forwarded headers
+# features_config DIR PROXY_PORT ADMIN_PORT BACKEND_PORT [LISTENER] prints the gateway with its
+# features on: a route table (the benchmark's requests match the last route), forwarded headers
 # (X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP: defaults), an active HTTP health check,
 # Socket.IO affinity on the pool, per-backend counters served on the admin listener; pid file
-# and upgrade socket in DIR. Compared with "bare": Pingora's round-robin example on the same
-# build.
+# and upgrade socket in DIR; LISTENER, a YAML flow mapping, is a second listener (the PGO
+# training's HTTPS one). Compared with "bare": Pingora's round-robin example on the same build.
 features_config() {
-  local dir=$1 proxy=$2 admin=$3 backend=$4
+  local dir=$1 proxy=$2 admin=$3 backend=$4 extra=${5:-}
   cat <<EOF
 server: { threads: 1, pid_file: $dir/gw.pid, upgrade_sock: $dir/gw.sock }
-listeners: [ { address: "127.0.0.1:$proxy" } ]
+listeners: [ { address: "127.0.0.1:$proxy" }${extra:+, $extra} ]
 admin: { address: "127.0.0.1:$admin" }
 upstreams:
   app:

@@ -191,14 +191,18 @@ wait_http() { # URL [tries]
 # The gateway with its features on (bench/gateway-config.sh, shared with bench/instructions.sh).
 . "$ROOT/bench/gateway-config.sh"
 features_config "$WORK" "$P_GW" "$P_GWADMIN" "$P_BACKEND" >"$WORK/gw.yaml"
+# variant_config NAME PORT ADMIN_PORT [ADMIN_EXTRA]: gw.yaml on other ports, with its own pid
+# file and upgrade socket, and ADMIN_EXTRA appended to the admin section -> $WORK/NAME.yaml.
+variant_config() {
+  sed -e "s/127.0.0.1:$P_GW\"/127.0.0.1:$2\"/; s/127.0.0.1:$P_GWADMIN\"/127.0.0.1:$3\"${4:-}/" \
+      -e "s#$WORK/gw.pid#$WORK/$1.pid#; s#$WORK/gw.sock#$WORK/$1.sock#" "$WORK/gw.yaml" >"$WORK/$1.yaml"
+}
 # The same gateway with the per-request metric counters off (admin.metrics: false), to show
 # what /metrics costs on the request path (keep-alive scenario only).
-sed -e "s/127.0.0.1:$P_GW\"/127.0.0.1:$P_GWNM\"/; s/127.0.0.1:$P_GWADMIN\"/127.0.0.1:$P_GWNMADMIN\", metrics: false/" \
-    -e "s#$WORK/gw.pid#$WORK/gwnm.pid#; s#$WORK/gw.sock#$WORK/gwnm.sock#" "$WORK/gw.yaml" >"$WORK/gwnm.yaml"
+variant_config gwnm "$P_GWNM" "$P_GWNMADMIN" ", metrics: false"
 # With PGO=1: the same config on the plain release build, to show what the profile-guided
 # build gains (keep-alive scenario only).
-sed -e "s/127.0.0.1:$P_GW\"/127.0.0.1:$P_GWPL\"/; s/127.0.0.1:$P_GWADMIN\"/127.0.0.1:$P_GWPLADMIN\"/" \
-    -e "s#$WORK/gw.pid#$WORK/gwpl.pid#; s#$WORK/gw.sock#$WORK/gwpl.sock#" "$WORK/gw.yaml" >"$WORK/gwpl.yaml"
+variant_config gwpl "$P_GWPL" "$P_GWPLADMIN"
 EXTRA_KA=(gwnm)
 [ "${PGO:-0}" = 1 ] && EXTRA_KA+=(gwpl)
 cat >"$WORK/gwsio.yaml" <<EOF
