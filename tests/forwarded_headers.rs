@@ -2,12 +2,22 @@
 //! (`Forwarded`, `True-Client-IP`, `X_Real_IP`, ...) never reaches the backend, a trusted
 //! proxy's does, header names with `_` are dropped unless `allow_underscore_headers`, and the
 //! RFC 7239 `Forwarded` header when `rfc7239` is on. The demo backend echoes the request
-//! headers it received (names lower-cased).
+//! headers it received (names lower-cased, repeated names joined). Checked on a route without
+//! header rules or filters, where the forwarded headers go on the wire only, and on one with
+//! `request_headers`, where they go into the request's header map first.
 
 mod common;
 use common::*;
 
+/// A route with header rules: the forwarded headers go through the header map.
+const MAP: &str = "request_headers: { set: { X-Route: r } }";
+
 fn config(b: &Backend, forwarded: &str) -> String {
+    config_route(b, forwarded, "")
+}
+
+/// `route` is added to the route's keys.
+fn config_route(b: &Backend, forwarded: &str, route: &str) -> String {
     format!(
         r#"
 listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
@@ -18,6 +28,7 @@ upstreams:
 routes:
   - match: {{ path_prefix: / }}
     upstream: a
+    {route}
 "#,
         b = b.addr
     )
@@ -68,60 +79,72 @@ fn get<'a>(h: &'a serde_json::Map<String, serde_json::Value>, k: &str) -> Option
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_client_address_headers_never_reach_the_backend() {
     let b = Backend::start("a").await;
-    let gw = Gateway::start(&config(&b, "trusted_proxies: []"));
-    let h = echoed(gw.port).await;
-    for (k, v) in &h {
-        let v = v.as_str().unwrap_or_default();
-        assert!(
-            !v.contains("6.6.6.6") && !v.contains("evil.test"),
-            "{k}: {v} reached the backend; headers {h:?}"
+    for route in ["", MAP] {
+        let gw = Gateway::start(&config_route(&b, "trusted_proxies: []", route));
+        let h = echoed(gw.port).await;
+        for (k, v) in &h {
+            let v = v.as_str().unwrap_or_default();
+            assert!(
+                !v.contains("6.6.6.6") && !v.contains("evil.test"),
+                "{route:?}: {k}: {v} reached the backend; headers {h:?}"
+            );
+            assert!(!k.contains('_'), "{route:?}: {k} reached the backend");
+        }
+        for gone in [
+            "forwarded",
+            "true-client-ip",
+            "x-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-cluster-client-ip",
+            "x-original-forwarded-for",
+            "x-forwarded",
+            "client-ip",
+        ] {
+            assert!(h.get(gone).is_none(), "{route:?}: {gone} passed: {h:?}");
+        }
+        assert_eq!(get(&h, "x-forwarded-for"), Some("127.0.0.1"), "{route:?}");
+        assert_eq!(get(&h, "x-real-ip"), Some("127.0.0.1"), "{route:?}");
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"), "{route:?}");
+        assert_eq!(get(&h, "x-forwarded-host"), Some("other.test"), "{route:?}");
+        assert_eq!(
+            get(&h, "x-forwarded-port"),
+            Some(gw.port.to_string().as_str()),
+            "{route:?}"
         );
-        assert!(!k.contains('_'), "{k} reached the backend");
+        assert_eq!(get(&h, "x-app"), Some("kept"), "{route:?}");
+        let set = (!route.is_empty()).then_some("r");
+        assert_eq!(get(&h, "x-route"), set, "{route:?}");
     }
-    for gone in [
-        "forwarded",
-        "true-client-ip",
-        "x-client-ip",
-        "cf-connecting-ip",
-        "fastly-client-ip",
-        "x-cluster-client-ip",
-        "x-original-forwarded-for",
-        "x-forwarded",
-        "client-ip",
-    ] {
-        assert!(h.get(gone).is_none(), "{gone} passed: {h:?}");
-    }
-    assert_eq!(get(&h, "x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(get(&h, "x-real-ip"), Some("127.0.0.1"));
-    assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
-    assert_eq!(get(&h, "x-forwarded-host"), Some("other.test"));
-    assert_eq!(
-        get(&h, "x-forwarded-port"),
-        Some(gw.port.to_string().as_str())
-    );
-    assert_eq!(get(&h, "x-app"), Some("kept"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxys_headers_pass_but_underscore_names_do_not() {
     let b = Backend::start("a").await;
-    let gw = Gateway::start(&config(
-        &b,
-        "trusted_proxies: [127.0.0.1/32], x_real_ip: false",
-    ));
-    let h = echoed(gw.port).await;
-    for (k, v) in SPOOFED {
-        let k = k.to_ascii_lowercase();
-        let want = if k == "x-forwarded-for" {
-            "6.6.6.6, 127.0.0.1"
-        } else {
-            v
-        };
-        assert_eq!(get(&h, &k), Some(want), "{k}: {h:?}");
-    }
-    for (k, _) in UNDERSCORED {
-        let k = k.to_ascii_lowercase();
-        assert!(h.get(&k).is_none(), "{k} passed: {h:?}");
+    for route in ["", MAP] {
+        let gw = Gateway::start(&config_route(
+            &b,
+            "trusted_proxies: [127.0.0.1/32], x_real_ip: false, rfc7239: true",
+            route,
+        ));
+        let h = echoed(gw.port).await;
+        for (k, v) in SPOOFED {
+            let k = k.to_ascii_lowercase();
+            // Each once: what the gateway adds replaces the proxy's header or appends to it.
+            let want = match k.as_str() {
+                "x-forwarded-for" => "6.6.6.6, 127.0.0.1",
+                "forwarded" => {
+                    "for=6.6.6.6;proto=https;host=evil.test, \
+                     for=127.0.0.1;proto=http;host=other.test"
+                }
+                _ => v,
+            };
+            assert_eq!(get(&h, &k), Some(want), "{route:?}: {k}: {h:?}");
+        }
+        for (k, _) in UNDERSCORED {
+            let k = k.to_ascii_lowercase();
+            assert!(h.get(&k).is_none(), "{route:?}: {k} passed: {h:?}");
+        }
     }
 }
 

@@ -333,7 +333,7 @@ impl Forwarded {
         }
     }
 
-    /// Writes the forwarded headers into the upstream request.
+    /// Writes the forwarded headers into the upstream request's header map.
     pub fn apply(
         &self,
         req: &mut RequestHeader,
@@ -341,17 +341,44 @@ impl Forwarded {
         tls: bool,
         local_port: Option<u16>,
     ) {
-        // Room for every header added below in one step (not a grow per insert).
-        req.reserve_headers(
-            self.real_ip as usize
-                + (self.xff != XffMode::Off) as usize
-                + self.proto as usize
-                + self.host as usize
-                + self.port as usize
-                + self.rfc7239 as usize,
-        );
+        self.write(req, peer, tls, local_port, false)
+    }
+
+    /// `apply` for a request that nothing reads or edits afterwards: the headers go on the wire
+    /// after the request's own, without entering its header map (pingora-http patch 5), since
+    /// the map inserts were most of the cost of these headers. The same lines reach the wire.
+    pub fn apply_on_wire(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        local_port: Option<u16>,
+    ) {
+        self.write(req, peer, tls, local_port, true)
+    }
+
+    fn write(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        local_port: Option<u16>,
+        wire_only: bool,
+    ) {
+        if !wire_only {
+            // Room for every header added below in one step (not a grow per insert).
+            req.reserve_headers(
+                self.real_ip as usize
+                    + (self.xff != XffMode::Off) as usize
+                    + self.proto as usize
+                    + self.host as usize
+                    + self.port as usize
+                    + self.rfc7239 as usize,
+            );
+        }
         let trusted = !self.peer_final && peer.is_some_and(|p| self.is_trusted(p));
         self.strip(req, trusted);
+        let out = Out { wire_only, trusted };
         if let Some(peer) = peer {
             let peer_v = ip_value(peer);
             if self.real_ip {
@@ -364,7 +391,7 @@ impl Forwarded {
                 // Spelled in canonical Title-Case, as every added header is: Pingora then keeps
                 // no case entry for the request (vendor/pingora-http patch 15). Names are
                 // case-insensitive (RFC 9110 5.1); HAProxy sends them all in lower case.
-                let _ = req.insert_header(named(&XRI, "X-Real-Ip"), real_v);
+                out.set(req, &XRI, "X-Real-Ip", real_v);
             }
             match self.xff {
                 XffMode::Off => {}
@@ -380,11 +407,11 @@ impl Forwarded {
                     }
                     joined.push_str(", ");
                     joined.push_str(peer_v.to_str().unwrap_or_default());
-                    let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), joined);
+                    if let Ok(v) = HeaderValue::try_from(joined) {
+                        out.set(req, &XFF, "X-Forwarded-For", v);
+                    }
                 }
-                _ => {
-                    let _ = req.insert_header(named(&XFF, "X-Forwarded-For"), peer_v);
-                }
+                _ => out.set(req, &XFF, "X-Forwarded-For", peer_v),
             }
         }
         if self.rfc7239 {
@@ -407,27 +434,57 @@ impl Forwarded {
                 .or_else(|| req.uri.authority().map(|a| a.as_str()));
             forwarded_element(&mut v, peer, tls, host);
             if let Ok(v) = HeaderValue::try_from(v) {
-                let _ = req.insert_header(named(&FORWARDED, "Forwarded"), v);
+                out.set(req, &FORWARDED, "Forwarded", v);
             }
         }
         if self.proto && !(trusted && req.headers.contains_key(&XFP)) {
-            let _ = req.insert_header(
-                named(&XFP, "X-Forwarded-Proto"),
-                HeaderValue::from_static(if tls { "https" } else { "http" }),
-            );
+            let v = HeaderValue::from_static(if tls { "https" } else { "http" });
+            out.set(req, &XFP, "X-Forwarded-Proto", v);
         }
         if self.host && !(trusted && req.headers.contains_key(&XFH)) {
-            if let Some(h) = req.headers.get(http::header::HOST).cloned() {
-                let _ = req.insert_header(named(&XFH, "X-Forwarded-Host"), h);
-            } else if let Some(a) = req.uri.authority().map(|a| a.as_str().to_owned()) {
-                let _ = req.insert_header(named(&XFH, "X-Forwarded-Host"), a);
+            let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+                let a = req.uri.authority()?;
+                HeaderValue::from_str(a.as_str()).ok()
+            });
+            if let Some(h) = host {
+                out.set(req, &XFH, "X-Forwarded-Host", h);
             }
         }
         if self.port && !(trusted && req.headers.contains_key(&XFPORT)) {
             if let Some(p) = local_port {
-                let _ = req.insert_header(named(&XFPORT, "X-Forwarded-Port"), port_value(p));
+                out.set(req, &XFPORT, "X-Forwarded-Port", port_value(p));
             }
         }
+    }
+}
+
+/// Where `Forwarded::apply` puts a header: the request's map, or the wire only.
+struct Out {
+    wire_only: bool,
+    trusted: bool,
+}
+
+impl Out {
+    /// Replaces every value of `name` with `value`, spelled `spelled` on the wire.
+    fn set(
+        &self,
+        req: &mut RequestHeader,
+        name: &HeaderName,
+        spelled: &'static str,
+        v: HeaderValue,
+    ) {
+        if !self.wire_only {
+            let _ = req.insert_header(named(name, spelled), v);
+            return;
+        }
+        // An untrusted peer's header of that name is gone already (`strip`); a trusted peer's
+        // is replaced, as `insert_header` replaces it.
+        if self.trusted {
+            req.remove_header(name);
+        }
+        // Spelled in canonical Title-Case (`spelled`), as Pingora writes a name without a case
+        // entry.
+        req.append_wire_header(name, &v);
     }
 }
 
@@ -747,6 +804,33 @@ mod tests {
         f
     }
 
+    /// `Forwarded::apply` into the header map; also applied wire-only to a copy, which must
+    /// put the same header lines on the wire (in another order where a trusted peer's header
+    /// was replaced: the map keeps its place, the wire-only line comes last).
+    fn apply(
+        f: &Forwarded,
+        r: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        port: Option<u16>,
+    ) {
+        let mut wire_only = r.clone();
+        f.apply_on_wire(&mut wire_only, peer, tls, port);
+        f.apply(r, peer, tls, port);
+        let lines = |r: &RequestHeader| {
+            let mut buf = Vec::new();
+            r.header_to_h1_wire(&mut buf);
+            let mut lines: Vec<String> = String::from_utf8(buf)
+                .unwrap()
+                .split_terminator("\r\n")
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(lines(&wire_only), lines(r), "wire-only and map differ");
+    }
+
     fn req(xff: Option<&str>) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.insert_header("Host", "example.com").unwrap();
@@ -777,7 +861,13 @@ mod tests {
     fn untrusted_client_xff_is_replaced() {
         let f = fwd(&["10.0.0.0/8"], XffMode::Append);
         let mut r = req(Some("6.6.6.6"));
-        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), false, Some(8080));
+        apply(
+            &f,
+            &mut r,
+            Some("1.2.3.4".parse().unwrap()),
+            false,
+            Some(8080),
+        );
         assert_eq!(h(&r, "x-forwarded-for"), Some("1.2.3.4"));
         assert_eq!(h(&r, "x-real-ip"), Some("1.2.3.4"));
         assert_eq!(h(&r, "x-forwarded-proto"), Some("http"));
@@ -789,7 +879,13 @@ mod tests {
     fn trusted_proxy_xff_is_appended_and_real_ip_found() {
         let f = fwd(&["10.0.0.0/8"], XffMode::Append);
         let mut r = req(Some("1.2.3.4, 10.0.0.9"));
-        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), true, Some(443));
+        apply(
+            &f,
+            &mut r,
+            Some("10.0.0.1".parse().unwrap()),
+            true,
+            Some(443),
+        );
         assert_eq!(
             h(&r, "x-forwarded-for"),
             Some("1.2.3.4, 10.0.0.9, 10.0.0.1")
@@ -802,7 +898,7 @@ mod tests {
     fn replace_mode_ignores_trust() {
         let f = fwd(&["10.0.0.0/8"], XffMode::Replace);
         let mut r = req(Some("1.2.3.4"));
-        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
         assert_eq!(h(&r, "x-forwarded-for"), Some("10.0.0.1"));
     }
 
@@ -864,7 +960,13 @@ mod tests {
     fn untrusted_peer_client_address_headers_are_removed_or_rewritten() {
         let f = fwd_conf(conf(&["10.0.0.0/8"]));
         let mut r = spoofed_req();
-        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), false, Some(8080));
+        apply(
+            &f,
+            &mut r,
+            Some("1.2.3.4".parse().unwrap()),
+            false,
+            Some(8080),
+        );
         none_of_these_are_6666(&r);
         for gone in [
             "forwarded",
@@ -905,7 +1007,13 @@ mod tests {
             ..conf(&[])
         });
         let mut r = spoofed_req();
-        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), true, Some(443));
+        apply(
+            &f,
+            &mut r,
+            Some("1.2.3.4".parse().unwrap()),
+            true,
+            Some(443),
+        );
         none_of_these_are_6666(&r);
         for gone in [
             "x-real-ip",
@@ -918,7 +1026,7 @@ mod tests {
         assert_eq!(h(&r, "x-forwarded-for"), Some("1.2.3.4"));
         // No peer address at all (not an inet socket): untrusted.
         let mut r = spoofed_req();
-        f.apply(&mut r, None, false, None);
+        apply(&f, &mut r, None, false, None);
         none_of_these_are_6666(&r);
     }
 
@@ -926,7 +1034,7 @@ mod tests {
     fn xff_off_keeps_its_documented_meaning() {
         let f = fwd(&[], XffMode::Off);
         let mut r = spoofed_req();
-        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), false, None);
+        apply(&f, &mut r, Some("1.2.3.4".parse().unwrap()), false, None);
         assert_eq!(h(&r, "x-forwarded-for"), Some("6.6.6.6"), "left as sent");
         assert!(r.headers.get("x_forwarded_for").is_none());
         assert!(r.headers.get("true-client-ip").is_none());
@@ -940,7 +1048,7 @@ mod tests {
             ..conf(&["10.0.0.0/8"])
         });
         let mut r = spoofed_req();
-        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
         for (k, v) in SPOOFED.iter().filter(|(k, _)| !k.contains('_')) {
             let k = k.to_ascii_lowercase();
             if k == "x-forwarded-for" {
@@ -961,12 +1069,12 @@ mod tests {
             ..conf(&["10.0.0.0/8"])
         });
         let mut r = spoofed_req();
-        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), false, None);
+        apply(&f, &mut r, Some("1.2.3.4".parse().unwrap()), false, None);
         assert_eq!(h(&r, "x_app_thing"), Some("u"));
         assert!(r.headers.get("x_forwarded_for").is_none(), "untrusted");
         assert!(r.headers.get("x_real_ip").is_none(), "untrusted");
         let mut r = spoofed_req();
-        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
         assert_eq!(h(&r, "x_app_thing"), Some("u"));
         assert_eq!(h(&r, "x_forwarded_for"), Some("6.6.6.6"), "trusted");
         assert_eq!(h(&r, "x_real_ip"), Some("6.6.6.6"), "trusted");
@@ -995,7 +1103,7 @@ mod tests {
     fn rfc7239_forwarded_is_replaced_for_untrusted_and_appended_for_trusted() {
         let f = rfc(&["10.0.0.0/8"]);
         let mut r = spoofed_req();
-        f.apply(&mut r, Some("1.2.3.4".parse().unwrap()), true, None);
+        apply(&f, &mut r, Some("1.2.3.4".parse().unwrap()), true, None);
         assert_eq!(
             h(&r, "forwarded"),
             Some("for=1.2.3.4;proto=https;host=example.com")
@@ -1004,7 +1112,7 @@ mod tests {
         r.append_header("Forwarded", "for=192.0.2.1").unwrap();
         r.append_header("Forwarded", "for=10.0.0.9;proto=https")
             .unwrap();
-        f.apply(&mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
         assert_eq!(
             h(&r, "forwarded"),
             Some(
@@ -1263,7 +1371,7 @@ mod tests {
             let mut r = req(None);
             r.append_header("Forwarded", HeaderValue::from_bytes(&prefix).unwrap())
                 .unwrap();
-            f.apply(&mut r, Some(peer), false, None);
+            apply(&f, &mut r, Some(peer), false, None);
             assert!(r.headers.get("forwarded").is_some());
         }
     }

@@ -647,8 +647,16 @@ impl ProxyHttp for Gateway {
         }
         let tls = is_tls(session);
         let local_port = self.local_port(session, tls);
-        self.forwarded
-            .apply(upstream_request, peer_ip(session), tls, local_port);
+        let peer = peer_ip(session);
+        // Nothing reads the forwarded headers back on a route without header rules and
+        // filters: there they go on the wire only, without map inserts.
+        if route.request_headers.is_empty() && route.filters.is_empty() {
+            self.forwarded
+                .apply_on_wire(upstream_request, peer, tls, local_port);
+        } else {
+            self.forwarded
+                .apply(upstream_request, peer, tls, local_port);
+        }
         route.request_headers.apply(upstream_request);
         let fwd = &self.forwarded;
         route

@@ -653,6 +653,32 @@ fn shown(ip: IpAddr) -> String {
     }
 }
 
+/// `Forwarded::apply` on `req`, and `apply_on_wire` on a copy: both put the same header lines
+/// on the wire (sorted: a replaced header keeps its place in the map, comes last on the wire).
+fn apply_both(
+    f: &Forwarded,
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    tls: bool,
+    port: Option<u16>,
+) {
+    let mut on_wire = req.clone();
+    f.apply_on_wire(&mut on_wire, peer, tls, port);
+    f.apply(req, peer, tls, port);
+    let lines = |r: &RequestHeader| {
+        let mut buf = Vec::new();
+        r.header_to_h1_wire(&mut buf);
+        let mut lines: Vec<Vec<u8>> = buf.split(|&c| c == b'\n').map(|l| l.to_vec()).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        lines(&on_wire),
+        lines(req),
+        "apply_on_wire and apply differ"
+    );
+}
+
 /// From a peer that is not a trusted proxy, whatever it sends: `client_ip` is the peer, and
 /// after `apply` the upstream request's `X-Forwarded-For` and `X-Real-IP` are the peer and
 /// no other client-address header it sent is left.
@@ -664,7 +690,7 @@ pub fn untrusted_peer(peer: IpAddr, headers: &[(&str, Vec<u8>)], rfc7239: bool) 
         }
         let mut req = with_headers(headers);
         assert_eq!(f.client_ip(peer, &req), peer);
-        f.apply(&mut req, Some(peer), false, Some(8080));
+        apply_both(&f, &mut req, Some(peer), false, Some(8080));
         let get = |n: &str| req.headers.get(n).map(|v| v.to_str().unwrap_or("<bytes>"));
         let me = shown(peer);
         assert_eq!(get("x-forwarded-for"), Some(me.as_str()));
@@ -794,7 +820,7 @@ pub fn any_forwarded_lines(peer: IpAddr, xff: &[Vec<u8>], fwd: &[Vec<u8>]) {
                 "{got} not in {all:?}"
             );
         }
-        f.apply(&mut req, Some(peer), true, None);
+        apply_both(&f, &mut req, Some(peer), true, None);
         let _ = f.client_ip(peer, &req);
     }
 }

@@ -89,6 +89,9 @@ pub struct RequestHeader {
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
+    // pingora-gateway patch (5): header lines written after the map's, see
+    // `append_wire_header`.
+    wire_lines: Vec<u8>,
 }
 
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
@@ -157,6 +160,33 @@ impl RequestHeader {
         self.base.headers.reserve(additional);
     }
 
+    /// pingora-gateway patch (5): adds a header that goes on the HTTP/1 wire after the map's
+    /// headers without entering the map, for headers a proxy adds and nothing reads back
+    /// (`X-Forwarded-For`, ...): no hashing and no map entry per header. Such a header is not
+    /// seen through `headers`, not removed by [`Self::remove_header`], and not sent over
+    /// HTTP/2; [`Self::wire_headers`] shows the lines and [`Self::clear_wire_headers`] drops
+    /// them. The line is written now, the name spelled as the map's names without a case
+    /// entry are.
+    pub fn append_wire_header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let lines = &mut self.wire_lines;
+        if lines.capacity() == 0 {
+            // Room for the few a proxy adds at once.
+            lines.reserve(256);
+        }
+        put_header_line(self.header_name_map.is_some(), None, name, value, lines);
+    }
+
+    /// pingora-gateway patch (5): the lines added by [`Self::append_wire_header`], each
+    /// `Name: value` and CRLF.
+    pub fn wire_headers(&self) -> &[u8] {
+        &self.wire_lines
+    }
+
+    /// pingora-gateway patch (5): drops the lines added by [`Self::append_wire_header`].
+    pub fn clear_wire_headers(&mut self) {
+        self.wire_lines.clear();
+    }
+
     fn new_no_case(size_hint: Option<usize>) -> Self {
         // pingora-gateway patch (4): an empty request's parts, without the builder's moves.
         let mut base = http::Request::new(()).into_parts().0;
@@ -166,6 +196,7 @@ impl RequestHeader {
             header_name_map: None,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            wire_lines: Vec::new(),
         }
     }
 
@@ -254,7 +285,9 @@ impl RequestHeader {
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
+        // pingora-gateway patch (5): the lines added by `append_wire_header`.
+        buf.put_slice(&self.wire_lines);
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -420,6 +453,7 @@ impl Clone for RequestHeader {
             header_name_map: self.header_name_map.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
+            wire_lines: self.wire_lines.clone(),
         }
     }
 }
@@ -436,6 +470,7 @@ impl From<ReqParts> for RequestHeader {
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            wire_lines: Vec::new(),
         }
     }
 }
@@ -1027,32 +1062,42 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
 
 #[inline]
 fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl BufMut) {
-    const CRLF: &[u8; 2] = b"\r\n";
-    const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
-
     if let Some(key_map) = key_map {
         // pingora-gateway patch (15): the case map is sparse, looked up by name only when it
         // has entries at all.
         let sparse = !key_map.is_empty();
         for (header, val) in value_map {
-            match sparse.then(|| key_map.get(header)).flatten() {
-                Some(case_header) => buf.put_slice(case_header.as_slice()),
-                None => put_canonical_spelling(header, buf),
-            }
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(val.as_ref());
-            buf.put_slice(CRLF);
+            let case = sparse.then(|| key_map.get(header)).flatten();
+            put_header_line(true, case, header, val, buf);
         }
     } else {
         for (header, value) in value_map {
-            let titled_header =
-                case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            buf.put_slice(titled_header.as_bytes());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(value.as_ref());
-            buf.put_slice(CRLF);
+            put_header_line(false, None, header, value, buf);
         }
     }
+}
+
+/// One `Name: value` line: the name as `case` spells it, else in canonical Title-Case when
+/// the header keeps case (pingora-gateway patch 15), else as 0.9.1 spelled a name without case.
+#[inline]
+fn put_header_line(
+    keeps_case: bool,
+    case: Option<&CaseHeaderName>,
+    name: &HeaderName,
+    value: &HeaderValue,
+    buf: &mut impl BufMut,
+) {
+    match case {
+        Some(case_header) => buf.put_slice(case_header.as_slice()),
+        None if keeps_case => put_canonical_spelling(name, buf),
+        None => {
+            let titled = case_header_name::titled_header_name_str(name).unwrap_or(name.as_str());
+            buf.put_slice(titled.as_bytes());
+        }
+    }
+    buf.put_slice(b": ");
+    buf.put_slice(value.as_ref());
+    buf.put_slice(b"\r\n");
 }
 
 #[inline]
@@ -1273,6 +1318,43 @@ mod tests {
                 assert!(!is_canonical_spelling(&name, &other), "{n} {i}");
             }
         }
+    }
+
+    // pingora-gateway patch (5)
+    #[test]
+    fn test_wire_headers_follow_the_map() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let xfp = HeaderName::from_static("x-forwarded-proto");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Host", "a").unwrap();
+        req.append_wire_header(&xff, &HeaderValue::from_static("10.0.0.1"));
+        req.append_wire_header(&xfp, &HeaderValue::from_static("https"));
+        req.insert_header("accept", "*/*").unwrap();
+        // Not in the map.
+        assert!(req.headers.get(&xff).is_none());
+        assert_eq!(
+            req.wire_headers(),
+            b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+        );
+        let wire = |r: &RequestHeader| {
+            let mut buf = vec![];
+            r.header_to_h1_wire(&mut buf);
+            String::from_utf8(buf).unwrap()
+        };
+        // After the map's, spelled as its names without a case entry are.
+        let expected =
+            "Host: a\r\naccept: */*\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n";
+        assert_eq!(wire(&req), expected);
+        let mut copy = req.clone();
+        assert_eq!(wire(&copy), expected);
+        copy.clear_wire_headers();
+        assert_eq!(wire(&copy), "Host: a\r\naccept: */*\r\n");
+        assert_eq!(wire(&req), expected);
+        // A request that keeps no case: spelled as its map's names are.
+        let mut plain = RequestHeader::from(req.as_owned_parts());
+        assert!(!plain.has_case());
+        plain.append_wire_header(&xff, &HeaderValue::from_static("10.0.0.2"));
+        assert_eq!(wire(&plain), "Host: a\r\naccept: */*\r\nx-forwarded-for: 10.0.0.2\r\n");
     }
 
     #[test]
