@@ -12,8 +12,8 @@
 #   1. an instrumented release build (-Cprofile-generate) of the gateway and bare_proxy;
 #   2. training: each one proxies keep-alive GETs, new connections and WebSocket echo to
 #      examples/demo_backend on 127.0.0.1 (the gateway on bench/gateway-config.sh's
-#      features-on config, plus HTTPS on a second listener), then stops gracefully so the
-#      profile is written;
+#      features-on config, plus HTTPS on a second listener; then briefly on a second config
+#      off the first one's paths), then stops gracefully so the profile is written;
 #   3. the release build again with the merged profile (-Cprofile-use).
 # The profile is made from this checkout's code on every run, so it never goes stale, and it
 # stays out of the repository (it is tied to the compiler's LLVM version).
@@ -131,6 +131,31 @@ wrk_ok "$WORK/gateway-tls-ka.txt"
 wrk -t1 -c16 -d${SECS}s -H "Connection: close" "https://127.0.0.1:$P_TLS/health" >"$WORK/gateway-tls-close.txt"
 wrk_ok "$WORK/gateway-tls-close.txt"
 stop "$G"
+
+# A second, smaller config off the first one's paths, so that its branches are not laid out
+# as never taken: metrics off, no health check and no affinity, header rules on the route (the
+# forwarded headers then go through the header map), the RFC 7239 header. Keep-alive only, for
+# a third of the first one's time: the first config stays what the profile favours.
+P_GW2=$(port)
+cat >"$WORK/gateway2.yaml" <<EOF
+server: { threads: 1, pid_file: $WORK/gw2.pid, upgrade_sock: $WORK/gw2.sock }
+listeners: [ { address: "127.0.0.1:$P_GW2" } ]
+admin: { address: "127.0.0.1:$(port)", metrics: false }
+forwarded: { rfc7239: true }
+upstreams:
+  app: { servers: [ { address: "127.0.0.1:$P_BACKEND" } ] }
+routes:
+  - upstream: app
+    request_headers: { set: { X-Gateway: pgo } }
+    response_headers: { set: { Cache-Control: no-store } }
+EOF
+"$GEN/gateway" -c "$WORK/gateway2.yaml" >"$WORK/gateway2.log" 2>&1 &
+G2=$!
+PIDS+=($G2)
+wait_http "http://127.0.0.1:$P_GW2/health"
+wrk -t1 -c64 -d$(((2 * SECS + 2) / 3))s "http://127.0.0.1:$P_GW2/health" >"$WORK/gateway2-ka.txt"
+wrk_ok "$WORK/gateway2-ka.txt"
+stop "$G2"
 
 P_BARE=$(port)
 "$GEN/examples/bare_proxy" --listen "127.0.0.1:$P_BARE" --upstream "127.0.0.1:$P_BACKEND" --threads 1 \

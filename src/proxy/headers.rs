@@ -458,14 +458,15 @@ impl Forwarded {
     }
 }
 
-/// Where `Forwarded::apply` puts a header: the request's map, or the wire only.
+/// Where `Forwarded::write` puts a header: the request's map, or the wire only.
 struct Out {
     wire_only: bool,
     trusted: bool,
 }
 
 impl Out {
-    /// Replaces every value of `name` with `value`, spelled `spelled` on the wire.
+    /// Replaces every value of `name` with `v`, spelled `spelled` (its canonical Title-Case,
+    /// which is how Pingora writes a name without a case entry: the same on both paths).
     fn set(
         &self,
         req: &mut RequestHeader,
@@ -473,6 +474,10 @@ impl Out {
         spelled: &'static str,
         v: HeaderValue,
     ) {
+        debug_assert!(
+            spelled.eq_ignore_ascii_case(name.as_str()),
+            "{spelled} is not {name}"
+        );
         if !self.wire_only {
             let _ = req.insert_header(named(name, spelled), v);
             return;
@@ -482,8 +487,6 @@ impl Out {
         if self.trusted {
             req.remove_header(name);
         }
-        // Spelled in canonical Title-Case (`spelled`), as Pingora writes a name without a case
-        // entry.
         req.append_wire_header(name, &v);
     }
 }
