@@ -18,6 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 "$root/scripts/deps.sh" >/dev/null 2>&1 || SKIP_NODE=1 "$root/scripts/deps.sh"
 (cd "$root" && cargo build -q --release --bin gateway --example demo_backend)
+# Absolute: the script runs in its own directory below.
+GATEWAY_BIN=$(realpath "${GATEWAY_BIN:-$root/target/release/gateway}")
+[ -x "$GATEWAY_BIN" ] || { echo "bench/tls.sh: $GATEWAY_BIN is not an executable" >&2; exit 1; }
 work=$(mktemp -d /tmp/gw-tls-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
@@ -37,7 +40,7 @@ admin: { enabled: false }
 upstreams: { app: { servers: [ { address: "127.0.0.1:$BPORT" } ] } }
 routes: [ { upstream: app } ]
 YAML
-RUST_LOG=warn taskset -c 0 "${GATEWAY_BIN:-$root/target/release/gateway}" -c gw.yaml >gw.log 2>&1 & pids+=($!); gwpid=$!
+RUST_LOG=warn taskset -c 0 "$GATEWAY_BIN" -c gw.yaml >gw.log 2>&1 & pids+=($!); gwpid=$!
 
 cat > nginx.conf <<NGX
 worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx.err warn;
@@ -79,6 +82,16 @@ cpu_ticks() { local t=0; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(aw
 procs_of() { case $1 in gw) echo $gwpid;; nginx) echo "$ngpid $(pgrep -P $ngpid | tr '\n' ' ')";; haproxy) echo $hapid;; esac; }
 port_of() { case $1 in gw) echo $GW;; nginx) echo $NG;; haproxy) echo $HA;; esac; }
 hz=$(getconf CLK_TCK)
+# Every proxy answers before anything is measured (a table of empty rows measures nothing).
+for t in gw nginx haproxy; do
+  for _ in $(seq 50); do
+    curl -ksf -o /dev/null "https://127.0.0.1:$(port_of $t)/" && continue 2
+    sleep 0.2
+  done
+  echo "bench/tls.sh: $t does not answer on https://127.0.0.1:$(port_of $t)/" >&2
+  [ $t = gw ] && cat gw.log >&2
+  exit 1
+done
 declare -A res
 for run in $(seq 1 "$RUNS"); do
   for t in gw nginx haproxy; do
@@ -88,6 +101,7 @@ for run in $(seq 1 "$RUNS"); do
       out=$(taskset -c 1 wrk "${args[@]}" "https://127.0.0.1:$(port_of $t)/" 2>&1 || true)
       after=$(cpu_ticks $ps)
       reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      [ "${reqs:-0}" -gt 0 ] 2>/dev/null || { echo "bench/tls.sh: no answers from $t ($mode): $out" >&2; exit 1; }
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
       errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
       cpu=$(awk -v a=$after -v b=$before -v hz=$hz -v n=$reqs 'BEGIN { printf "%.1f", (a-b)/hz*1e6/(n>0?n:1) }')
