@@ -75,10 +75,18 @@ wait_http() {
   echo "build-pgo: $1 did not answer" >&2
   exit 1
 }
+# launch NAME PORT CMD...: CMD in the background (output in $WORK/NAME.log) until
+# http://127.0.0.1:PORT/health answers; its pid in $LAUNCHED.
+launch() {
+  local name=$1 port=$2
+  shift 2
+  "$@" >"$WORK/$name.log" 2>&1 &
+  LAUNCHED=$!
+  PIDS+=($LAUNCHED)
+  wait_http "http://127.0.0.1:$port/health"
+}
 P_BACKEND=$(port)
-"$REL/examples/demo_backend" --listen "127.0.0.1:$P_BACKEND" --name b1 >"$WORK/backend.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$P_BACKEND/health"
+launch backend "$P_BACKEND" "$REL/examples/demo_backend" --listen "127.0.0.1:$P_BACKEND" --name b1
 
 # wrk_ok FILE: wrk ran, connected, got answers and every one was a 2xx (a profile of error
 # pages or refused connections trains the wrong path).
@@ -121,10 +129,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyou
 features_config "$WORK" "$P_GW" "$(port)" "$P_BACKEND" \
   "{ address: \"127.0.0.1:$P_TLS\", tls: { certificates: [ { cert: $WORK/site.pem, key: $WORK/site.key } ] } }" \
   >"$WORK/gateway.yaml"
-"$GEN/gateway" -c "$WORK/gateway.yaml" >"$WORK/gateway.log" 2>&1 &
-G=$!
-PIDS+=($G)
-wait_http "http://127.0.0.1:$P_GW/health"
+launch gateway "$P_GW" "$GEN/gateway" -c "$WORK/gateway.yaml"
+G=$LAUNCHED
 train gateway "$P_GW"
 wrk -t1 -c32 -d${SECS}s "https://127.0.0.1:$P_TLS/health" >"$WORK/gateway-tls-ka.txt"
 wrk_ok "$WORK/gateway-tls-ka.txt"
@@ -149,20 +155,16 @@ routes:
     request_headers: { set: { X-Gateway: pgo } }
     response_headers: { set: { Cache-Control: no-store } }
 EOF
-"$GEN/gateway" -c "$WORK/gateway2.yaml" >"$WORK/gateway2.log" 2>&1 &
-G2=$!
-PIDS+=($G2)
-wait_http "http://127.0.0.1:$P_GW2/health"
+launch gateway2 "$P_GW2" "$GEN/gateway" -c "$WORK/gateway2.yaml"
+G2=$LAUNCHED
 wrk -t1 -c64 -d$(((2 * SECS + 2) / 3))s "http://127.0.0.1:$P_GW2/health" >"$WORK/gateway2-ka.txt"
 wrk_ok "$WORK/gateway2-ka.txt"
 stop "$G2"
 
 P_BARE=$(port)
-"$GEN/examples/bare_proxy" --listen "127.0.0.1:$P_BARE" --upstream "127.0.0.1:$P_BACKEND" --threads 1 \
-  >"$WORK/bare.log" 2>&1 &
-B=$!
-PIDS+=($B)
-wait_http "http://127.0.0.1:$P_BARE/health"
+launch bare "$P_BARE" "$GEN/examples/bare_proxy" --listen "127.0.0.1:$P_BARE" \
+  --upstream "127.0.0.1:$P_BACKEND" --threads 1
+B=$LAUNCHED
 train bare "$P_BARE"
 stop "$B"
 

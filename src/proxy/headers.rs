@@ -834,6 +834,11 @@ mod tests {
         assert_eq!(lines(&wire_only), lines(r), "wire-only and map differ");
     }
 
+    /// A peer address.
+    fn peer(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
     fn req(xff: Option<&str>) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.insert_header("Host", "example.com").unwrap();
@@ -864,13 +869,7 @@ mod tests {
     fn untrusted_client_xff_is_replaced() {
         let f = fwd(&["10.0.0.0/8"], XffMode::Append);
         let mut r = req(Some("6.6.6.6"));
-        apply(
-            &f,
-            &mut r,
-            Some("1.2.3.4".parse().unwrap()),
-            false,
-            Some(8080),
-        );
+        apply(&f, &mut r, peer("1.2.3.4"), false, Some(8080));
         assert_eq!(h(&r, "x-forwarded-for"), Some("1.2.3.4"));
         assert_eq!(h(&r, "x-real-ip"), Some("1.2.3.4"));
         assert_eq!(h(&r, "x-forwarded-proto"), Some("http"));
@@ -882,13 +881,7 @@ mod tests {
     fn trusted_proxy_xff_is_appended_and_real_ip_found() {
         let f = fwd(&["10.0.0.0/8"], XffMode::Append);
         let mut r = req(Some("1.2.3.4, 10.0.0.9"));
-        apply(
-            &f,
-            &mut r,
-            Some("10.0.0.1".parse().unwrap()),
-            true,
-            Some(443),
-        );
+        apply(&f, &mut r, peer("10.0.0.1"), true, Some(443));
         assert_eq!(
             h(&r, "x-forwarded-for"),
             Some("1.2.3.4, 10.0.0.9, 10.0.0.1")
@@ -901,7 +894,7 @@ mod tests {
     fn replace_mode_ignores_trust() {
         let f = fwd(&["10.0.0.0/8"], XffMode::Replace);
         let mut r = req(Some("1.2.3.4"));
-        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, peer("10.0.0.1"), false, None);
         assert_eq!(h(&r, "x-forwarded-for"), Some("10.0.0.1"));
     }
 
@@ -963,13 +956,7 @@ mod tests {
     fn untrusted_peer_client_address_headers_are_removed_or_rewritten() {
         let f = fwd_conf(conf(&["10.0.0.0/8"]));
         let mut r = spoofed_req();
-        apply(
-            &f,
-            &mut r,
-            Some("1.2.3.4".parse().unwrap()),
-            false,
-            Some(8080),
-        );
+        apply(&f, &mut r, peer("1.2.3.4"), false, Some(8080));
         none_of_these_are_6666(&r);
         for gone in [
             "forwarded",
@@ -1010,13 +997,7 @@ mod tests {
             ..conf(&[])
         });
         let mut r = spoofed_req();
-        apply(
-            &f,
-            &mut r,
-            Some("1.2.3.4".parse().unwrap()),
-            true,
-            Some(443),
-        );
+        apply(&f, &mut r, peer("1.2.3.4"), true, Some(443));
         none_of_these_are_6666(&r);
         for gone in [
             "x-real-ip",
@@ -1037,7 +1018,7 @@ mod tests {
     fn xff_off_keeps_its_documented_meaning() {
         let f = fwd(&[], XffMode::Off);
         let mut r = spoofed_req();
-        apply(&f, &mut r, Some("1.2.3.4".parse().unwrap()), false, None);
+        apply(&f, &mut r, peer("1.2.3.4"), false, None);
         assert_eq!(h(&r, "x-forwarded-for"), Some("6.6.6.6"), "left as sent");
         assert!(r.headers.get("x_forwarded_for").is_none());
         assert!(r.headers.get("true-client-ip").is_none());
@@ -1051,7 +1032,7 @@ mod tests {
             ..conf(&["10.0.0.0/8"])
         });
         let mut r = spoofed_req();
-        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, peer("10.0.0.1"), false, None);
         for (k, v) in SPOOFED.iter().filter(|(k, _)| !k.contains('_')) {
             let k = k.to_ascii_lowercase();
             if k == "x-forwarded-for" {
@@ -1072,12 +1053,12 @@ mod tests {
             ..conf(&["10.0.0.0/8"])
         });
         let mut r = spoofed_req();
-        apply(&f, &mut r, Some("1.2.3.4".parse().unwrap()), false, None);
+        apply(&f, &mut r, peer("1.2.3.4"), false, None);
         assert_eq!(h(&r, "x_app_thing"), Some("u"));
         assert!(r.headers.get("x_forwarded_for").is_none(), "untrusted");
         assert!(r.headers.get("x_real_ip").is_none(), "untrusted");
         let mut r = spoofed_req();
-        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, peer("10.0.0.1"), false, None);
         assert_eq!(h(&r, "x_app_thing"), Some("u"));
         assert_eq!(h(&r, "x_forwarded_for"), Some("6.6.6.6"), "trusted");
         assert_eq!(h(&r, "x_real_ip"), Some("6.6.6.6"), "trusted");
@@ -1106,7 +1087,7 @@ mod tests {
     fn rfc7239_forwarded_is_replaced_for_untrusted_and_appended_for_trusted() {
         let f = rfc(&["10.0.0.0/8"]);
         let mut r = spoofed_req();
-        apply(&f, &mut r, Some("1.2.3.4".parse().unwrap()), true, None);
+        apply(&f, &mut r, peer("1.2.3.4"), true, None);
         assert_eq!(
             h(&r, "forwarded"),
             Some("for=1.2.3.4;proto=https;host=example.com")
@@ -1115,7 +1096,7 @@ mod tests {
         r.append_header("Forwarded", "for=192.0.2.1").unwrap();
         r.append_header("Forwarded", "for=10.0.0.9;proto=https")
             .unwrap();
-        apply(&f, &mut r, Some("10.0.0.1".parse().unwrap()), false, None);
+        apply(&f, &mut r, peer("10.0.0.1"), false, None);
         assert_eq!(
             h(&r, "forwarded"),
             Some(
