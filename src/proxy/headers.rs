@@ -5,7 +5,7 @@
 
 use crate::config::{ForwardedConf, HeaderRulesConf, Issues, XffMode};
 use http::header::{HeaderName, HeaderValue};
-use pingora_http::{CaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{CaseHeaderName, RequestHeader, ResponseHeader, WireHeaders};
 use std::net::IpAddr;
 
 /// Something whose headers can be edited: Pingora's request or response header.
@@ -162,11 +162,16 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Whether `name` (a lower-case header name) is one a backend could take as the client's
 /// address, scheme, host or port: removed from an untrusted peer's request. `_` counts as `-`
-/// (CGI-style backends read `X_Real_IP` as `HTTP_X_REAL_IP`, the same as `X-Real-IP`).
+/// (CGI-style backends read `X_Real_IP` as `HTTP_X_REAL_IP`, the same as `X-Real-IP`);
+/// `underscore` says whether the name has one (the caller's scan serves its own check too).
 /// `X-Forwarded-For` counts when `xff` (its mode may leave it as sent).
-fn is_client_address_header(name: &[u8], xff: bool) -> bool {
+fn is_client_address_name(name: &[u8], underscore: bool, xff: bool) -> bool {
     let mut buf = [0u8; 32];
-    let name = dashed(name, &mut buf);
+    let name = if underscore {
+        dashed(name, &mut buf)
+    } else {
+        name
+    };
     (xff && name == b"x-forwarded-for")
         || matches!(
             name,
@@ -186,10 +191,16 @@ fn is_client_address_header(name: &[u8], xff: bool) -> bool {
         )
 }
 
-/// `name` with `_` as `-`, in `buf` only when it has a `_` (no copy otherwise). A name longer
-/// than `buf` with a `_` comes back unchanged (it matches none of the short names compared).
+/// [`is_client_address_name`], scanning for `_` itself.
+#[cfg(test)]
+fn is_client_address_header(name: &[u8], xff: bool) -> bool {
+    is_client_address_name(name, name.contains(&b'_'), xff)
+}
+
+/// `name` with `_` as `-`, in `buf`. A name longer than `buf` comes back unchanged (it matches
+/// none of the short names compared).
 fn dashed<'a>(name: &'a [u8], buf: &'a mut [u8; 32]) -> &'a [u8] {
-    if name.len() > buf.len() || !name.contains(&b'_') {
+    if name.len() > buf.len() {
         return name;
     }
     for (d, c) in buf.iter_mut().zip(name) {
@@ -323,10 +334,16 @@ impl Forwarded {
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in req.headers.keys() {
             let n = name.as_str().as_bytes();
-            if (underscores && n.contains(&b'_')) || (!trusted && is_client_address_header(n, xff))
+            // One scan for `_` per name, for both questions.
+            let underscore = n.contains(&b'_');
+            if (underscores && underscore)
+                || (!trusted && is_client_address_name(n, underscore, xff))
             {
                 doomed.push(name.clone());
             }
+        }
+        if doomed.is_empty() {
+            return;
         }
         for name in &doomed {
             req.remove_header(name);
@@ -378,7 +395,84 @@ impl Forwarded {
         }
         let trusted = !self.peer_final && peer.is_some_and(|p| self.is_trusted(p));
         self.strip(req, trusted);
-        let out = Out { wire_only, trusted };
+        if wire_only && !trusted && self.write_reusing_lines(req, peer, tls, local_port) {
+            return;
+        }
+        let out = if wire_only {
+            Out::Wire { trusted }
+        } else {
+            Out::Map
+        };
+        self.write_headers(req, peer, tls, local_port, &out, trusted);
+    }
+
+    /// `write` on the wire for an untrusted peer's request, by copying the lines its peer's
+    /// last request on this thread got when nothing they are made of changed (`LAST_BLOCKS`);
+    /// else written as usual and kept for the next. False, with nothing written, for a request
+    /// without a UTF-8 `Host` (the RFC 7239 element would then take the target's authority) or
+    /// with one over `BLOCK_MAX_HOST`.
+    fn write_reusing_lines(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        local_port: Option<u16>,
+    ) -> bool {
+        let host = req.headers.get(http::header::HOST);
+        let usable = |h: &&HeaderValue| h.len() <= BLOCK_MAX_HOST && h.to_str().is_ok();
+        let Some(host) = host.filter(usable) else {
+            return false;
+        };
+        let key = BlockKey {
+            emits: self.emits(),
+            peer,
+            tls,
+            local_port,
+            keeps_case: req.has_case(),
+        };
+        let slot = block_slot(peer);
+        let hit = LAST_BLOCKS.with_borrow_mut(|slots| {
+            let last = &mut slots[slot];
+            let hit = last.key == Some(key) && last.host == host.as_bytes();
+            if !hit {
+                last.key = None;
+                last.host.clear();
+                last.host.extend_from_slice(host.as_bytes());
+            }
+            hit
+        });
+        if hit {
+            LAST_BLOCKS.with_borrow(|slots| req.append_wire_headers(&slots[slot].block));
+            return true;
+        }
+        let from = req.wire_headers().len();
+        let out = Out::Wire { trusted: false };
+        self.write_headers(req, peer, tls, local_port, &out, false);
+        LAST_BLOCKS.with_borrow_mut(|slots| {
+            let last = &mut slots[slot];
+            if last.block.copy_from(req, from) {
+                last.key = Some(key);
+            }
+        });
+        true
+    }
+
+    /// What decides the headers an untrusted peer's request gets, besides its own inputs.
+    fn emits(&self) -> (XffMode, [bool; 5]) {
+        let flags = [self.real_ip, self.proto, self.host, self.port, self.rfc7239];
+        (self.xff, flags)
+    }
+
+    /// The headers themselves, after `strip`, into `out`.
+    fn write_headers(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+        local_port: Option<u16>,
+        out: &Out,
+        trusted: bool,
+    ) {
         if let Some(peer) = peer {
             let peer_v = ip_value(peer);
             if self.real_ip {
@@ -458,15 +552,17 @@ impl Forwarded {
     }
 }
 
-/// Where `Forwarded::write` puts a header: the request's map, or the wire only.
-struct Out {
-    wire_only: bool,
-    trusted: bool,
+/// Where `Forwarded::write` puts a header.
+enum Out {
+    /// The request's map.
+    Map,
+    /// The request's wire-only lines (pingora-http patch 5), replacing a trusted peer's own.
+    Wire { trusted: bool },
 }
 
 impl Out {
     /// Replaces every value of `name` with `v`, spelled `spelled` (its canonical Title-Case,
-    /// which is how Pingora writes a name without a case entry: the same on both paths).
+    /// which is how Pingora writes a name without a case entry: the same on every path).
     fn set(
         &self,
         req: &mut RequestHeader,
@@ -478,17 +574,71 @@ impl Out {
             spelled.eq_ignore_ascii_case(name.as_str()),
             "{spelled} is not {name}"
         );
-        if !self.wire_only {
-            let _ = req.insert_header(named(name, spelled), v);
-            return;
+        match self {
+            Out::Map => {
+                let _ = req.insert_header(named(name, spelled), v);
+            }
+            Out::Wire { trusted } => {
+                // An untrusted peer's header of that name is gone already (`strip`); a trusted
+                // peer's is replaced, as `insert_header` replaces it.
+                if *trusted {
+                    req.remove_header(name);
+                }
+                req.append_wire_header(name, &v);
+            }
         }
-        // An untrusted peer's header of that name is gone already (`strip`); a trusted peer's
-        // is replaced, as `insert_header` replaces it.
-        if self.trusted {
-            req.remove_header(name);
-        }
-        req.append_wire_header(name, &v);
     }
+}
+
+/// What the forwarded headers of an untrusted peer's request are made of, Host aside: the
+/// policy's switches, the peer, the scheme, the listener port and the request's spelling mode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct BlockKey {
+    emits: (XffMode, [bool; 5]),
+    peer: Option<IpAddr>,
+    tls: bool,
+    local_port: Option<u16>,
+    keeps_case: bool,
+}
+
+/// The forwarded-header lines last written on this thread for an untrusted peer of one slot,
+/// with what made them: a keep-alive connection's requests, and most of a busy client's, get
+/// the same lines, copied in one piece instead of written header by header.
+struct LastBlock {
+    key: Option<BlockKey>,
+    host: Vec<u8>,
+    block: WireHeaders,
+}
+
+/// Lines kept per thread, a peer's in the slot its address picks: the requests of this many
+/// clients interleaved on a thread mostly still find their own.
+const BLOCK_SLOTS: usize = 64;
+
+/// The longest `Host` whose lines are kept (a DNS name and a port fit): what the slots hold is
+/// bounded whatever clients send.
+const BLOCK_MAX_HOST: usize = 300;
+
+thread_local! {
+    static LAST_BLOCKS: std::cell::RefCell<[LastBlock; BLOCK_SLOTS]> = const {
+        std::cell::RefCell::new(
+            [const { LastBlock { key: None, host: Vec::new(), block: WireHeaders::new(true) } };
+                BLOCK_SLOTS],
+        )
+    };
+}
+
+/// The slot of `peer`'s lines (Fibonacci hashing of its address).
+fn block_slot(peer: Option<IpAddr>) -> usize {
+    let x = match peer {
+        None => 0,
+        Some(IpAddr::V4(a)) => u64::from(u32::from(a)),
+        Some(IpAddr::V6(a)) => {
+            let v = u128::from(a);
+            (v as u64) ^ ((v >> 64) as u64)
+        }
+    };
+    let bits = BLOCK_SLOTS.trailing_zeros();
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
 }
 
 /// Appends one RFC 7239 element, `for=<peer>;proto=<http|https>[;host=<host>]`: an IPv6
@@ -823,8 +973,7 @@ mod tests {
         let lines = |r: &RequestHeader| {
             let mut buf = Vec::new();
             r.header_to_h1_wire(&mut buf);
-            let mut lines: Vec<String> = String::from_utf8(buf)
-                .unwrap()
+            let mut lines: Vec<String> = String::from_utf8_lossy(&buf)
                 .split_terminator("\r\n")
                 .map(str::to_owned)
                 .collect();
@@ -850,6 +999,86 @@ mod tests {
 
     fn h<'a>(r: &'a RequestHeader, n: &str) -> Option<&'a str> {
         r.headers.get(n).map(|v| v.to_str().unwrap())
+    }
+
+    /// The lines an untrusted peer's request gets are copied from the last request's when
+    /// nothing they are made of changed: each change of peer, scheme, port, Host, spelling mode
+    /// or policy, in turn, must show in the next request's lines (compared by `apply` with the
+    /// map path, which writes every header afresh).
+    #[test]
+    fn reused_lines_follow_every_input() {
+        let plain = fwd(&[], XffMode::Append);
+        let rfc = fwd_conf(ForwardedConf {
+            rfc7239: true,
+            x_real_ip: false,
+            ..conf(&[])
+        });
+        let with_host = |host: &[u8], keeps_case: bool| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            if !keeps_case {
+                r = RequestHeader::from(r.as_owned_parts());
+            }
+            r.insert_header("Host", host).unwrap();
+            r
+        };
+        let steps: [(&Forwarded, &str, bool, u16, &[u8], bool); 10] = [
+            (&plain, "192.0.2.1", false, 80, b"a.example", true),
+            (&plain, "192.0.2.1", false, 80, b"a.example", true),
+            (&plain, "192.0.2.2", false, 80, b"a.example", true),
+            (&plain, "192.0.2.2", true, 80, b"a.example", true),
+            (&plain, "192.0.2.2", true, 443, b"a.example", true),
+            (&plain, "192.0.2.2", true, 443, b"b.example", true),
+            (&plain, "192.0.2.2", true, 443, b"b.example", false),
+            (&rfc, "192.0.2.2", true, 443, b"b.example", false),
+            (&rfc, "192.0.2.2", true, 443, b"caf\xe9.example", false),
+            (&plain, "192.0.2.2", true, 443, b"b.example", false),
+        ];
+        // Then two peers interleaved, each with its own Host, and a third in the first one's
+        // slot, taking it over.
+        let other = (1..=u8::MAX)
+            .map(|i| format!("10.0.0.{i}"))
+            .find(|ip| block_slot(peer(ip)) == block_slot(peer("192.0.2.2")))
+            .expect("a colliding address");
+        assert_ne!(
+            block_slot(peer("198.51.100.7")),
+            block_slot(peer("192.0.2.2"))
+        );
+        let interleaved: [(&Forwarded, &str, bool, u16, &[u8], bool); 6] = [
+            (&plain, "198.51.100.7", true, 443, b"a.example", false),
+            (&plain, "192.0.2.2", true, 443, b"b.example", false),
+            (&plain, "198.51.100.7", true, 443, b"a.example", false),
+            (&plain, &other, true, 443, b"c.example", false),
+            (&plain, "192.0.2.2", true, 443, b"b.example", false),
+            (&plain, &other, true, 443, b"c.example", false),
+        ];
+        let steps = steps.into_iter().chain(interleaved);
+        for (i, (f, ip, tls, port, host, keeps_case)) in steps.enumerate() {
+            let mut r = with_host(host, keeps_case);
+            let mut wire_only = r.clone();
+            f.apply_on_wire(&mut wire_only, peer(ip), tls, Some(port));
+            apply(f, &mut r, peer(ip), tls, Some(port));
+            let wire = String::from_utf8_lossy(wire_only.wire_headers()).into_owned();
+            let spelled = |n: &str| {
+                if keeps_case {
+                    n.to_owned()
+                } else {
+                    n.to_lowercase()
+                }
+            };
+            assert!(
+                wire.contains(&format!("{}: {ip}\r\n", spelled("X-Forwarded-For"))),
+                "{i}: {wire}"
+            );
+            let port_line = format!("{}: {port}\r\n", spelled("X-Forwarded-Port"));
+            assert!(wire.contains(&port_line), "{i}: {wire}");
+            assert_eq!(wire.contains("https"), tls, "{i}: {wire}");
+            let host = String::from_utf8_lossy(host);
+            assert_eq!(
+                wire.contains(&format!("host={host}")),
+                i == 7,
+                "{i}: {wire}"
+            );
+        }
     }
 
     #[test]

@@ -94,6 +94,61 @@ pub struct RequestHeader {
     wire_lines: Vec<u8>,
 }
 
+/// pingora-gateway patch (6): header lines rendered once, to be added to many requests with
+/// [`RequestHeader::append_wire_headers`]. Built only from `http` types, so every line is
+/// valid; a name is spelled as [`RequestHeader::append_wire_header`] spells it on a request
+/// that does (`keeps_case`, see [`RequestHeader::has_case`]) or does not preserve case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WireHeaders {
+    keeps_case: bool,
+    lines: Vec<u8>,
+}
+
+impl WireHeaders {
+    /// An empty block, its names spelled for a request where `has_case()` is `keeps_case`.
+    pub const fn new(keeps_case: bool) -> Self {
+        WireHeaders {
+            keeps_case,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Adds the line `name: value`.
+    pub fn append(&mut self, name: &HeaderName, value: &HeaderValue) {
+        put_header_line(self.keeps_case, None, name, value, &mut self.lines);
+    }
+
+    /// Whether the names are spelled for a case-preserving request.
+    pub fn keeps_case(&self) -> bool {
+        self.keeps_case
+    }
+
+    /// The lines, each `Name: value` and CRLF.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// Drops the lines (keeping the allocation) and sets the spelling for the next ones.
+    pub fn reset(&mut self, keeps_case: bool) {
+        self.keeps_case = keeps_case;
+        self.lines.clear();
+    }
+
+    /// Becomes the wire-only lines `req` got after its first `from` bytes of them (the length
+    /// of [`RequestHeader::wire_headers`] taken before adding them), spelled as `req` spells
+    /// them: a block rendered while writing a request's own lines, for the next requests.
+    /// Returns false, and is left empty, when `from` is not the start of a line.
+    pub fn copy_from(&mut self, req: &RequestHeader, from: usize) -> bool {
+        self.reset(req.has_case());
+        let lines = &req.wire_lines;
+        let at_line_start = from == 0 || lines.get(from.wrapping_sub(2)..from) == Some(b"\r\n");
+        if at_line_start && from <= lines.len() {
+            self.lines.extend_from_slice(&lines[from..]);
+        }
+        at_line_start
+    }
+}
+
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
 ///
 /// Whether the target round-trips through the URI and whether it is valid UTF-8 are two
@@ -174,6 +229,15 @@ impl RequestHeader {
             lines.reserve(256);
         }
         put_header_line(self.header_name_map.is_some(), None, name, value, lines);
+    }
+
+    /// pingora-gateway patch (6): appends a block of lines rendered once by
+    /// [`WireHeaders`], for a proxy that adds the same headers to many requests (those of a
+    /// keep-alive connection): one copy instead of a line written per header per request.
+    /// The lines behave as [`Self::append_wire_header`]'s; their names keep the block's
+    /// spelling.
+    pub fn append_wire_headers(&mut self, block: &WireHeaders) {
+        self.wire_lines.extend_from_slice(&block.lines);
     }
 
     /// pingora-gateway patch (5): the lines added by [`Self::append_wire_header`], each
@@ -1355,6 +1419,52 @@ mod tests {
         assert!(!plain.has_case());
         plain.append_wire_header(&xff, &HeaderValue::from_static("10.0.0.2"));
         assert_eq!(wire(&plain), "Host: a\r\naccept: */*\r\nx-forwarded-for: 10.0.0.2\r\n");
+    }
+
+    // pingora-gateway patch (6)
+    #[test]
+    fn test_wire_header_block_is_the_same_lines() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let xfp = HeaderName::from_static("x-forwarded-proto");
+        let (v1, v2) = (HeaderValue::from_static("10.0.0.1"), HeaderValue::from_static("http"));
+        for keeps_case in [true, false] {
+            let mut block = WireHeaders::new(keeps_case);
+            block.append(&xff, &v1);
+            block.append(&xfp, &v2);
+            assert_eq!(block.keeps_case(), keeps_case);
+            let mut by_line = RequestHeader::build("GET", b"/", None).unwrap();
+            if !keeps_case {
+                by_line = RequestHeader::from(by_line.as_owned_parts());
+            }
+            let mut by_block = by_line.clone();
+            by_line.append_wire_header(&xff, &v1);
+            by_line.append_wire_header(&xfp, &v2);
+            by_block.append_wire_headers(&block);
+            assert_eq!(by_block.wire_headers(), by_line.wire_headers(), "{keeps_case}");
+            // Added again to the next request, and after lines added one by one.
+            by_block.append_wire_headers(&block);
+            assert_eq!(by_block.wire_headers(), [by_line.wire_headers(); 2].concat());
+            block.reset(!keeps_case);
+            assert!(block.as_bytes().is_empty());
+            assert_eq!(block.keeps_case(), !keeps_case);
+            // Taken from a request's lines: those after the mark, in its spelling.
+            let mut req = by_line.clone();
+            req.clear_wire_headers();
+            req.append_wire_header(&xfp, &v2);
+            let mark = req.wire_headers().len();
+            req.append_wire_header(&xff, &v1);
+            req.append_wire_header(&xfp, &v2);
+            assert!(block.copy_from(&req, mark));
+            assert_eq!(block.keeps_case(), keeps_case);
+            assert_eq!(block.as_bytes(), by_line.wire_headers());
+            assert!(block.copy_from(&req, 0));
+            assert_eq!(block.as_bytes(), req.wire_headers());
+            // Not at the start of a line: nothing.
+            for from in [1, mark - 1, mark + 1, req.wire_headers().len() + 2] {
+                assert!(!block.copy_from(&req, from), "{from}");
+                assert!(block.as_bytes().is_empty());
+            }
+        }
     }
 
     #[test]
