@@ -190,6 +190,8 @@ impl HttpPersistentSettings {
 pub struct ReusedHttpStream {
     stream: Stream,
     persistent_settings: Option<HttpPersistentSettings>,
+    // pingora-gateway patch (23): the connection's digest, for its next session.
+    digest: Option<Box<Digest>>,
 }
 
 impl ReusedHttpStream {
@@ -197,6 +199,7 @@ impl ReusedHttpStream {
         ReusedHttpStream {
             stream,
             persistent_settings,
+            digest: None,
         }
     }
 
@@ -206,15 +209,25 @@ impl ReusedHttpStream {
         reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
-        let (stream, pipelined_prefix) = reusable.into_parts();
+        let (stream, pipelined_prefix, digest) = reusable.into_parts_with_digest();
         if let Some(prefix) = pipelined_prefix {
             persistent_settings.set_pipelined_prefix(prefix);
         }
-        Self::new(stream, Some(persistent_settings))
+        let mut reused = Self::new(stream, Some(persistent_settings));
+        reused.digest = digest;
+        reused
     }
 
     pub fn consume(self) -> (Stream, Option<HttpPersistentSettings>) {
         (self.stream, self.persistent_settings)
+    }
+
+    /// pingora-gateway patch (23): [`Self::consume`] and the digest the connection's last
+    /// session built, for [`ServerSession::new_http1_reusing`].
+    pub fn consume_with_digest(
+        self,
+    ) -> (Stream, Option<HttpPersistentSettings>, Option<Box<Digest>>) {
+        (self.stream, self.persistent_settings, self.digest)
     }
 }
 
@@ -368,8 +381,10 @@ where
             }
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
+            while let Some((stream, persistent_settings, digest)) =
+                result.map(|r| r.consume_with_digest())
+            {
+                let mut session = ServerSession::new_http1_reusing(stream, digest);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -35,6 +35,8 @@ use std::time::Duration;
 pub struct ReusableHttpStream {
     stream: Stream,
     pipelined_prefix: Option<BytesMut>,
+    // pingora-gateway patch (23): the connection's digest, for its next session.
+    digest: Option<Box<Digest>>,
 }
 
 impl ReusableHttpStream {
@@ -42,13 +44,27 @@ impl ReusableHttpStream {
         Self {
             stream,
             pipelined_prefix,
+            digest: None,
         }
+    }
+
+    /// pingora-gateway patch (23): with the digest of the session that read the last request.
+    pub(crate) fn with_digest(mut self, digest: Box<Digest>) -> Self {
+        self.digest = Some(digest);
+        self
     }
 
     /// Split the reusable connection into its underlying stream and optional
     /// bytes already read for the next pipelined request.
     pub fn into_parts(self) -> (Stream, Option<BytesMut>) {
         (self.stream, self.pipelined_prefix)
+    }
+
+    /// pingora-gateway patch (23): [`Self::into_parts`] and the connection's digest, built
+    /// once per connection: the next [`Session::new_http1_reusing`] takes it instead of
+    /// building (and allocating) it again.
+    pub fn into_parts_with_digest(self) -> (Stream, Option<BytesMut>, Option<Box<Digest>>) {
+        (self.stream, self.pipelined_prefix, self.digest)
     }
 }
 
@@ -64,6 +80,13 @@ impl Session {
     /// Create a new [`Session`] from an established connection for HTTP/1.x
     pub fn new_http1(stream: Stream) -> Self {
         Self::H1(SessionV1::new(stream))
+    }
+
+    /// pingora-gateway patch (23): [`Self::new_http1`] for a later request of a keep-alive
+    /// connection, with the digest its earlier session built (see
+    /// [`ReusableHttpStream::into_parts_with_digest`]).
+    pub fn new_http1_reusing(stream: Stream, digest: Option<Box<Digest>>) -> Self {
+        Self::H1(SessionV1::new_with_digest(stream, digest))
     }
 
     /// Create a new [`Session`] from an established HTTP/2 stream

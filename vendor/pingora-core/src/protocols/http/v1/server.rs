@@ -228,12 +228,19 @@ impl HttpSession {
     /// The created session needs to call [`Self::read_request()`] first before performing
     /// any other operations.
     pub fn new(underlying_stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
+        Self::new_with_digest(underlying_stream, None)
+    }
+
+    /// pingora-gateway patch (23): [`Self::new`] with the digest an earlier session of the
+    /// same connection built (it describes the connection, not the request), if any.
+    pub fn new_with_digest(underlying_stream: Stream, digest: Option<Box<Digest>>) -> Self {
+        let digest = digest.unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: underlying_stream.get_ssl_digest(),
+                timing_digest: underlying_stream.get_timing_digest(),
+                proxy_digest: underlying_stream.get_proxy_digest(),
+                socket_digest: underlying_stream.get_socket_digest(),
+            })
         });
 
         HttpSession {
@@ -1687,10 +1694,10 @@ impl HttpSession {
                 .then(|| self.take_body_overread())
                 .flatten()
                 .filter(|prefix| !prefix.is_empty());
-            Ok(Some(ReusableHttpStream::new(
-                self.underlying_stream,
-                pipelined_prefix,
-            )))
+            Ok(Some(
+                ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
+                    .with_digest(self.digest),
+            ))
         }
     }
 
@@ -4377,6 +4384,31 @@ mod test_pipelining {
         let (_stream, prefix) = reused.into_parts();
         let prefix = prefix.expect("overread must be returned as pipelined prefix");
         assert_eq!(prefix.as_ref(), b"pipelined_next");
+    }
+
+    /// pingora-gateway patch (23): the next session of a keep-alive connection gets the
+    /// digest the first one built, not a new one.
+    #[tokio::test]
+    async fn reuse_hands_the_digest_to_the_next_session() {
+        init_log();
+        let req1 = b"GET /one HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let mock_io = Builder::new().read(req1).read(req2).build();
+        let mut a = HttpSession::new(Box::new(mock_io));
+        a.read_request().await.unwrap();
+        let first: *const Digest = a.digest();
+        let reused = a.reuse().await.unwrap().expect("connection reusable");
+        let (stream, prefix, digest) = reused.into_parts_with_digest();
+        assert!(prefix.is_none());
+        let digest = digest.expect("the digest comes along");
+        assert!(std::ptr::eq(&*digest, first));
+        let mut b = HttpSession::new_with_digest(stream, Some(digest));
+        assert!(std::ptr::eq(b.digest(), first));
+        b.read_request().await.unwrap();
+        assert_eq!(b.req_header().uri.path(), "/two");
+        // Without one, a session builds its own.
+        let c = HttpSession::new_with_digest(Box::new(Builder::new().build()), None);
+        assert!(!std::ptr::eq(c.digest(), first));
     }
 
     /// Same-read pipelining with no prior body poll still extracts the prefix.
