@@ -562,7 +562,7 @@ enum Out {
 
 impl Out {
     /// Replaces every value of `name` with `v`, spelled `spelled` (its canonical Title-Case,
-    /// which is how Pingora writes a name without a case entry: the same on every path).
+    /// which is how Pingora writes a name without a case entry: the same on both paths).
     fn set(
         &self,
         req: &mut RequestHeader,
