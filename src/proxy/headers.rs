@@ -409,8 +409,8 @@ impl Forwarded {
     /// `write` on the wire for an untrusted peer's request, by copying the lines its peer's
     /// last request on this thread got when nothing they are made of changed (`LAST_BLOCKS`);
     /// else written as usual and kept for the next. False, with nothing written, for a request
-    /// without a UTF-8 `Host` (the RFC 7239 element would then take the target's authority) or
-    /// with one over `BLOCK_MAX_HOST`.
+    /// without a `Host` of visible ASCII (`to_str`; the RFC 7239 element would then take the
+    /// target's authority) or with one over `BLOCK_MAX_HOST`.
     fn write_reusing_lines(
         &self,
         req: &mut RequestHeader,
