@@ -141,8 +141,9 @@ impl WireHeaders {
     pub fn copy_from(&mut self, req: &RequestHeader, from: usize) -> bool {
         self.reset(req.has_case());
         let lines = &req.wire_lines;
+        // `get` is `None` past the end, so a line start is within the lines.
         let at_line_start = from == 0 || lines.get(from.wrapping_sub(2)..from) == Some(b"\r\n");
-        if at_line_start && from <= lines.len() {
+        if at_line_start {
             self.lines.extend_from_slice(&lines[from..]);
         }
         at_line_start
