@@ -279,7 +279,8 @@ async fn misc_helpers() {
     bounded(async {
         let p = free_port();
         assert!(p > 0);
-        assert!(!port_open(p));
+        let dead = DeadPort::new();
+        assert!(!port_open(dead.port()));
         let bs = start_backends(&["x", "y"]).await;
         assert_ne!(bs[0].port(), bs[1].port());
         assert_eq!(
@@ -297,7 +298,7 @@ async fn misc_helpers() {
         );
         assert!(!eventually(Duration::from_millis(200), || async { false }).await);
         // a ws handshake against a non-ws endpoint error is reported with status
-        let e = try_ws_connect(free_port(), "h", "/").await.unwrap_err();
+        let e = try_ws_connect(dead.port(), "h", "/").await.unwrap_err();
         assert!(e.status.is_none(), "{e}");
         // CLI parsing of the demo backend
         let args: Vec<String> = [

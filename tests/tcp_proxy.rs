@@ -75,11 +75,6 @@ impl Drop for Identity {
     }
 }
 
-/// A loopback address nothing listens on.
-fn dead_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
 /// Reads one `\n`-terminated line, byte by byte (nothing after it is consumed).
 async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> String {
     let mut out = Vec::new();
@@ -336,7 +331,8 @@ async fn consistent_hash_keeps_each_client_address_on_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_backend_is_skipped_by_connect_retry_and_marked_down_by_health_check() {
     let a = Identity::start("a").await;
-    let dead = dead_addr();
+    let held = DeadPort::new();
+    let dead = held.addr();
     // Passive ejection off: every connection meets the dead backend on its turn.
     let (port, admin) = (free_port(), free_port());
     let pool = format!(

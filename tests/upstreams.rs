@@ -118,7 +118,8 @@ async fn killed_backend_is_ejected_then_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_retries_another_backend_without_health_checks() {
     let a = Backend::start("a").await;
-    let dead = free_port();
+    let held = DeadPort::new();
+    let dead = held.port();
     let addrs = vec![format!("127.0.0.1:{dead}"), a.addr.to_string()];
     let gw = Gateway::start(&pool_config(
         &addrs,
@@ -146,10 +147,8 @@ async fn connect_failure_retries_another_backend_without_health_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_pool_answers_502_fast() {
-    let addrs = vec![
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    ];
+    let held = [DeadPort::new(), DeadPort::new()];
+    let addrs: Vec<String> = held.iter().map(|d| d.addr().to_string()).collect();
     let gw = Gateway::start(&pool_config(&addrs, "    timeouts: { connect: 2s }"));
     let t = Instant::now();
     let r = get(gw.port, "x", "/").await;

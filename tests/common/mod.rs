@@ -44,6 +44,30 @@ pub fn free_port() -> u16 {
         .expect("free_port: bind 127.0.0.1:0")
 }
 
+/// A loopback port that refuses connections while this lives. A port that was merely free
+/// when picked (`free_port`) can be bound by a parallel test, or taken as a connection's own
+/// local port (a self-connect "succeeds"), and then a dead backend looks alive. This one is
+/// bound without listening and without SO_REUSEADDR, so neither can happen until it drops.
+pub struct DeadPort(tokio::net::TcpSocket, u16);
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let s = tokio::net::TcpSocket::new_v4().expect("DeadPort: socket");
+        s.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("DeadPort: bind 127.0.0.1:0");
+        let port = s.local_addr().expect("DeadPort: local_addr").port();
+        DeadPort(s, port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.1
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.1))
+    }
+}
+
 /// A fresh, unique, empty directory under the system temp dir.
 pub fn unique_temp_dir(prefix: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);

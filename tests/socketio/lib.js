@@ -95,6 +95,22 @@ async function freePorts(n) {
 }
 async function freePort() { return (await freePorts(1))[0]; }
 
+/**
+ * A port on 127.0.0.1 that refuses connections for the whole test: a socket bound to it (not
+ * listening, no SO_REUSEADDR) is held by a small python3 process until `t` ends, so no server
+ * can bind it and no outgoing connection can take it as its local port (a port that was only
+ * free when picked may be taken by the browser or a self-connect a second later).
+ */
+async function deadPort(t) {
+  const held = await startProcess(t, {
+    cmd: "python3",
+    args: ["-c", "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\nprint('bound', s.getsockname()[1], 'held', flush=True)\ntime.sleep(3600)"],
+    ready: " held",
+    label: "dead port holder",
+  });
+  return Number(/bound (\d+)/.exec(held.output.text())[1]);
+}
+
 function canConnect(port, host = "127.0.0.1") {
   return new Promise((resolve) => {
     const s = net.connect({ port, host });
@@ -588,7 +604,7 @@ async function startSplitter(t, targets, { localAddress } = {}) {
 }
 
 module.exports = {
-  GATEWAY_BIN, HERE, sleep, withTimeout, eventually, mapLimit, freePort, freePorts, waitPort, canConnect,
+  GATEWAY_BIN, HERE, sleep, withTimeout, eventually, mapLimit, freePort, freePorts, deadPort, waitPort, canConnect,
   httpRequest, getJson, tmpDir, startBackend, startBackends, stopProc, gatewayConfig, checkConfig,
   startGateway, setup, nodeTags, backendHealthy, deadUpstreamLines, allStats, sumErrorCodes, assertNoSessionErrors,
   scenarioTest, ClientSet, makeClient, connectOne, connectClients, emitAck, whoami, runEchoes, waitWebsocket,

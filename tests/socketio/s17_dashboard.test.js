@@ -128,7 +128,8 @@ L.scenarioTest("dashboard in headless Chromium: numbers match /status, drain / u
   const dir = L.tmpDir("dash");
   const nodes = await L.startBackends(t, ["n1", "n2", "n3"]);
   L.registerDiagnostics(null, nodes);
-  const [port, adminPort, gonePort] = await L.freePorts(3);
+  const [port, adminPort] = await L.freePorts(2);
+  const gonePort = await L.deadPort(t);
   const gw = await L.startGateway(t, { dir, port, adminPort, configText: config({ dir, port, adminPort, nodes, gonePort }), label: "gw" });
   const url = `http://127.0.0.1:${port}`;
   const admin = `http://127.0.0.1:${adminPort}`;
