@@ -30,7 +30,7 @@ use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-static TIMER_MANAGER: Lazy<Arc<TimerManager>> = Lazy::new(|| {
+pub(crate) static TIMER_MANAGER: Lazy<Arc<TimerManager>> = Lazy::new(|| {
     let tm = Arc::new(TimerManager::new());
     check_clock_thread(&tm);
     tm
@@ -45,7 +45,7 @@ const FAST_TIMEOUT_TO_TOKIO_DISABLED: u64 = u64::MAX;
 static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
     AtomicU64::new(DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS);
 
-fn check_clock_thread(tm: &Arc<TimerManager>) {
+pub(crate) fn check_clock_thread(tm: &Arc<TimerManager>) {
     if tm.should_i_start_clock() {
         start_clock_thread();
     }
@@ -114,6 +114,10 @@ impl ToTimeout for FastTimeout {
     fn fast_timer(&self) -> Option<TimerStub> {
         Some(self.register())
     }
+
+    fn fast_duration(&self) -> Option<Duration> {
+        Some(self.0)
+    }
 }
 
 impl FastTimeout {
@@ -155,6 +159,13 @@ impl ToTimeout for FastOrTokioTimeout {
     fn fast_timer(&self) -> Option<TimerStub> {
         match self.kind {
             TimeoutKind::Fast => FastTimeout::create(self.duration).fast_timer(),
+            TimeoutKind::Tokio => None,
+        }
+    }
+
+    fn fast_duration(&self) -> Option<Duration> {
+        match self.kind {
+            TimeoutKind::Fast => Some(self.duration),
             TimeoutKind::Tokio => None,
         }
     }

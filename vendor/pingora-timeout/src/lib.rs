@@ -34,10 +34,12 @@
 //!
 
 pub mod fast_timeout;
+pub mod task_timer;
 pub mod timer;
 
 pub use fast_timeout::fast_sleep as sleep;
 pub use fast_timeout::fast_timeout as timeout;
+pub use task_timer::with_task_timer;
 
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -56,6 +58,12 @@ pub trait ToTimeout {
     /// [`Timeout`] waits on in place instead of through the boxed [`Self::timeout`]. `None`
     /// (the default): use [`Self::timeout`].
     fn fast_timer(&self) -> Option<timer::TimerStub> {
+        None
+    }
+
+    /// pingora-gateway patch (4): the duration of a fast timer, which a task running under
+    /// [`with_task_timer`] can wait for with its reusable timer instead of a new one.
+    fn fast_duration(&self) -> Option<Duration> {
         None
     }
 }
@@ -123,6 +131,8 @@ pin_project! {
             #[pin]
             notified: tokio::sync::futures::OwnedNotified,
         },
+        // pingora-gateway patch (4): the task's reusable timer, lent for this wait.
+        Task { timer: task_timer::Lent },
     }
 }
 
@@ -161,7 +171,17 @@ where
         // pingora-gateway patch (3): a fast timer is waited on in place; any other timer's
         // future is boxed once (it was boxed again here: two allocations per timer).
         if matches!(*me.delay, Delay::Unset) {
-            let delay = match me.callback.fast_timer() {
+            let task = me.callback.fast_duration().and_then(|d| {
+                let mut t = task_timer::borrow()?;
+                t.start(d);
+                Some(t)
+            });
+            let delay = if let Some(t) = task {
+                Delay::Task {
+                    timer: task_timer::Lent::new(t),
+                }
+            } else {
+                match me.callback.fast_timer() {
                 Some(stub) => {
                     let (notify, fired) = stub.into_parts();
                     // Subscribed before `fired` is read (in poll below): a timer that fires
@@ -174,6 +194,7 @@ where
                 None => Delay::Boxed {
                     fut: me.callback.timeout(),
                 },
+                }
             };
             me.delay.set(delay);
         }
@@ -183,6 +204,7 @@ where
                 fired.load(std::sync::atomic::Ordering::SeqCst) || notified.poll(cx).is_ready()
             }
             DelayProj::Boxed { fut } => fut.as_mut().poll(cx).is_ready(),
+            DelayProj::Task { timer } => timer.get().poll_elapsed(cx),
             DelayProj::Unset => false,
         };
         if elapsed {

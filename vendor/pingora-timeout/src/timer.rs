@@ -47,7 +47,7 @@ fn round_to(raw: u128, resolution: u128) -> u128 {
 }
 // millisecond resolution as most
 #[derive(PartialEq, PartialOrd, Eq, Ord, Clone, Copy, Debug)]
-struct Time(u128);
+pub(crate) struct Time(u128);
 
 impl From<u128> for Time {
     fn from(raw_ms: u128) -> Self {
@@ -62,6 +62,9 @@ impl From<Duration> for Time {
 }
 
 impl Time {
+    /// pingora-gateway patch (4): a placeholder before a task timer's first wait.
+    pub(crate) const ZERO: Time = Time(0);
+
     pub fn not_after(&self, ts: u128) -> bool {
         self.0 <= ts
     }
@@ -255,6 +258,16 @@ impl TimerManager {
     /// the buckets this thread registered into last ([`LAST_TIMER`]) reused without the tree's
     /// lock.
     pub(crate) fn register_timer_at(&self, now: Instant, duration: Duration) -> TimerStub {
+        self.register_tick(self.tick_at(now, duration))
+    }
+
+    /// pingora-gateway patch (4): the bucket a timer of `duration` started at `now` waits for.
+    pub(crate) fn tick_at(&self, now: Instant, duration: Duration) -> Time {
+        (now + duration - self.zero).into()
+    }
+
+    /// pingora-gateway patch (4): a timer firing at bucket `now` (see [`Self::tick_at`]).
+    pub(crate) fn register_tick(&self, now: Time) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -265,7 +278,6 @@ impl TimerManager {
             timer.fire();
             return timer.subscribe();
         }
-        let now: Time = (now + duration - self.zero).into();
         LAST_TIMER.with_borrow_mut(|last| {
             let hit = last
                 .slots

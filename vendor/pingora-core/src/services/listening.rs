@@ -230,7 +230,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
-                    current_handle().spawn(async move {
+                    // pingora-gateway patch (timeout 4): the connection's successive timed
+                    // waits share one lazily extended timer; see pingora-timeout's PATCHED.md.
+                    current_handle().spawn(pingora_timeout::with_task_timer(async move {
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {
@@ -255,7 +257,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 error!("Downstream handshake timeout");
                             }
                         }
-                    });
+                    }));
                 }
                 Err(e) => {
                     // pingora-gateway patch: at most one log line per second per listener
