@@ -33,7 +33,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::sync::futures::OwnedNotified;
 
@@ -42,6 +42,9 @@ struct Armed {
     tick: Time,
     fired: Arc<AtomicBool>,
     notified: Pin<Box<OwnedNotified>>,
+    /// The waker `notified` was last polled with: polling it again with the same one only
+    /// takes its mutex to change nothing, and `fired` is set before the bucket wakes it.
+    waker: Option<Waker>,
 }
 
 /// A task's reusable timer: the current wait's deadline and the bucket it is subscribed to.
@@ -77,6 +80,7 @@ impl TaskTimer {
             tick: self.deadline,
             fired,
             notified: Box::pin(notify.notified_owned()),
+            waker: None,
         });
     }
 
@@ -86,8 +90,14 @@ impl TaskTimer {
             let Some(a) = self.armed.as_mut() else {
                 return true; // unreachable after start(); treat as elapsed rather than hang
             };
-            if !(a.fired.load(Ordering::SeqCst) || a.notified.as_mut().poll(cx).is_ready()) {
-                return false;
+            if !a.fired.load(Ordering::SeqCst) {
+                if a.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    return false;
+                }
+                if a.notified.as_mut().poll(cx).is_pending() {
+                    a.waker = Some(cx.waker().clone());
+                    return false;
+                }
             }
             if a.tick >= self.deadline {
                 return true;
