@@ -128,13 +128,14 @@ pub enum Refusal {
 
 /// Decides where a request (its `path` normalised) belongs under `aff`: a sid tag or table
 /// entry pins it to its node (refused when that node is not `usable`), a polling handshake
-/// is marked for tagging, a valid cookie of a usable node pins it as a preference.
+/// is marked for tagging, a valid cookie of a usable node pins it as a preference. `now_ms`
+/// is called only when the request carries a sid.
 pub fn pin(
     aff: &Affinity,
     req: &RequestHeader,
     path: &str,
     usable: impl Fn(usize) -> bool,
-    now_ms: u64,
+    now_ms: impl Fn() -> u64,
     pool: &str,
 ) -> Result<Pin, Refusal> {
     let mut pin = Pin::default();
@@ -158,6 +159,8 @@ pub fn pin(
                 let base = if tagged.is_some() { base } else { sid };
                 let key = SidTable::key(base);
                 pin.sid_key = Some(key);
+                // The clock is read only for a request that carries a sid.
+                let now_ms = now_ms();
                 if tagged.is_some() {
                     // Routed by its tag; the table only keeps the session counted as live.
                     aff.table.touch(key, now_ms);

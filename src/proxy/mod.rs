@@ -463,7 +463,8 @@ impl ProxyHttp for Gateway {
                 if let Some(aff) = &p.affinity {
                     let req = session.req_header();
                     let usable = |i: usize| p.backends.get(i).is_some_and(|b| b.usable());
-                    let now = ms_at(ctx.start);
+                    let start = ctx.start;
+                    let now = || ms_at(start);
                     match affinity::pin(aff, req, ctx.path(req), usable, now, &p.name) {
                         Ok(pin) => ctx.pin = pin,
                         Err(refusal) => {

@@ -584,9 +584,9 @@ pub fn sticky_cookie(
     let value = gateway::proxy::cookie(&req, name).expect("the cookie");
     assert!(affinity::is_tag(value), "{value:?}");
     assert_eq!(aff.backend_by_tag(value), Some(idx));
-    let pin = affinity::pin(aff, &req, "/", |_| true, 0, "p").expect("no refusal");
+    let pin = affinity::pin(aff, &req, "/", |_| true, || 0, "p").expect("no refusal");
     assert_eq!((pin.cookie_backend, pin.backend), (Some(idx), Some(idx)));
-    let pin = affinity::pin(aff, &req, "/", |_| false, 0, "p").expect("no refusal");
+    let pin = affinity::pin(aff, &req, "/", |_| false, || 0, "p").expect("no refusal");
     assert_eq!(
         (pin.cookie_backend, pin.backend),
         (None, None),
@@ -601,15 +601,15 @@ pub fn sticky_cookie(
     let tag = &pool.backends[idx].tag;
     let uri = format!("/socket.io/?EIO=4&transport=polling&sid=kB5Oqd_dgt28MwpTAAAA.{tag}");
     let req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-    let pin = affinity::pin(aff, &req, "/socket.io/", |_| true, 0, "p").expect("pinned");
+    let pin = affinity::pin(aff, &req, "/socket.io/", |_| true, || 0, "p").expect("pinned");
     assert_eq!(
         (pin.backend, pin.by_sid, pin.strip_tag),
         (Some(idx), true, true)
     );
-    assert!(affinity::pin(aff, &req, "/socket.io/", |_| false, 0, "p").is_err());
+    assert!(affinity::pin(aff, &req, "/socket.io/", |_| false, || 0, "p").is_err());
     let two = format!("{uri}&sid=x");
     let req = RequestHeader::build("GET", two.as_bytes(), None).unwrap();
-    assert!(affinity::pin(aff, &req, "/socket.io/", |_| true, 0, "p").is_err());
+    assert!(affinity::pin(aff, &req, "/socket.io/", |_| true, || 0, "p").is_err());
 }
 
 // ---------------------------------------------------------------------------------------
