@@ -182,18 +182,18 @@ where
                 }
             } else {
                 match me.callback.fast_timer() {
-                Some(stub) => {
-                    let (notify, fired) = stub.into_parts();
-                    // Subscribed before `fired` is read (in poll below): a timer that fires
-                    // between the two still wakes this one.
-                    Delay::Fast {
-                        fired,
-                        notified: notify.notified_owned(),
+                    Some(stub) => {
+                        let (notify, fired) = stub.into_parts();
+                        // Subscribed before `fired` is read (in poll below): a timer that fires
+                        // between the two still wakes this one.
+                        Delay::Fast {
+                            fired,
+                            notified: notify.notified_owned(),
+                        }
                     }
-                }
-                None => Delay::Boxed {
-                    fut: me.callback.timeout(),
-                },
+                    None => Delay::Boxed {
+                        fut: me.callback.timeout(),
+                    },
                 }
             };
             me.delay.set(delay);

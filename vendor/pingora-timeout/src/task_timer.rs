@@ -25,8 +25,8 @@
 //! wait. A second wait of the same task running at the same time (a request body read beside
 //! the upstream's response) finds the timer lent and registers its own, as before.
 
-use super::timer::Time;
 use super::fast_timeout::{check_clock_thread, TIMER_MANAGER};
+use super::timer::Time;
 use pin_project_lite::pin_project;
 use std::cell::Cell;
 use std::future::Future;
@@ -65,9 +65,10 @@ impl TaskTimer {
     /// one fires after the new deadline (or has fired).
     pub(crate) fn start(&mut self, duration: Duration) {
         self.deadline = TIMER_MANAGER.tick_at(Instant::now(), duration);
-        let keep = self.armed.as_ref().is_some_and(|a| {
-            a.tick <= self.deadline && !a.fired.load(Ordering::Relaxed)
-        });
+        let keep = self
+            .armed
+            .as_ref()
+            .is_some_and(|a| a.tick <= self.deadline && !a.fired.load(Ordering::Relaxed));
         if !keep {
             self.arm();
         }
@@ -104,7 +105,11 @@ impl TaskTimer {
             }
             // An earlier bucket of a previous wait fired: wait on the real deadline's.
             self.arm();
-            if self.armed.as_ref().is_some_and(|a| a.fired.load(Ordering::SeqCst)) {
+            if self
+                .armed
+                .as_ref()
+                .is_some_and(|a| a.fired.load(Ordering::SeqCst))
+            {
                 // The manager is paused for a fork and fires every new timer at once, as the
                 // per-wait timers do then.
                 return true;
@@ -246,7 +251,10 @@ mod tests {
             let short = timeout(Duration::from_millis(100), pending::<()>()).await;
             assert!(short.is_err());
             let took = t.elapsed();
-            assert!(took >= Duration::from_millis(90) && took < Duration::from_secs(2), "{took:?}");
+            assert!(
+                took >= Duration::from_millis(90) && took < Duration::from_secs(2),
+                "{took:?}"
+            );
 
             // A short wait armed the bucket; a longer one after it must not end at that
             // earlier bucket but wait for its own deadline.
@@ -255,10 +263,16 @@ mod tests {
             let long = timeout(Duration::from_millis(400), pending::<()>()).await;
             assert!(long.is_err());
             let took = t.elapsed();
-            assert!(took >= Duration::from_millis(390) && took < Duration::from_secs(3), "{took:?}");
+            assert!(
+                took >= Duration::from_millis(390) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
         }));
         std::future::poll_fn(|cx| task.as_mut().poll(cx)).await;
-        assert!(slot_is_no_task(), "the slot is cleared after the task's poll");
+        assert!(
+            slot_is_no_task(),
+            "the slot is cleared after the task's poll"
+        );
     }
 
     #[tokio::test]
@@ -277,8 +291,14 @@ mod tests {
             };
             let ((ea, ta), (eb, tb)) = tokio::join!(a, b);
             assert!(ea && eb);
-            assert!(ta >= Duration::from_millis(90) && ta < Duration::from_millis(290), "{ta:?}");
-            assert!(tb >= Duration::from_millis(290) && tb < Duration::from_secs(3), "{tb:?}");
+            assert!(
+                ta >= Duration::from_millis(90) && ta < Duration::from_millis(290),
+                "{ta:?}"
+            );
+            assert!(
+                tb >= Duration::from_millis(290) && tb < Duration::from_secs(3),
+                "{tb:?}"
+            );
         }));
         std::future::poll_fn(|cx| task.as_mut().poll(cx)).await;
 
@@ -299,14 +319,19 @@ mod tests {
         .await;
         let held: Vec<_> = seen.iter().flatten().collect();
         assert!(held.len() >= 3, "{seen:?}");
-        assert!(held.windows(2).all(|w| w[0] == w[1]), "one timer for the task: {seen:?}");
+        assert!(
+            held.windows(2).all(|w| w[0] == w[1]),
+            "one timer for the task: {seen:?}"
+        );
     }
 
     #[tokio::test]
     async fn waits_outside_a_task_timer_register_their_own() {
         assert!(borrow().is_none());
         let t = Instant::now();
-        assert!(timeout(Duration::from_millis(50), pending::<()>()).await.is_err());
+        assert!(timeout(Duration::from_millis(50), pending::<()>())
+            .await
+            .is_err());
         assert!(t.elapsed() >= Duration::from_millis(40));
         assert!(slot_is_no_task());
     }
