@@ -186,6 +186,32 @@ async fn slow_clients_are_cut_at_their_timeouts() {
     tokio::join!(trickle, silent, keepalive, partial, body, normal);
 }
 
+/// The keep-alive idle time counts from the last response, however long the connection has
+/// been busy: a connection used every 400 ms for twice the 2 s timeout is never cut, and once
+/// idle it is closed ~2 s after its last response. (Each connection keeps one timer that its
+/// waits move forward and re-arm lazily: pingora-timeout patch 4.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_timeout_counts_from_the_last_response() {
+    let b = Backend::start("app").await;
+    let gw = Gateway::start(&config(&b, FAST, ""));
+    let mut c = H1Conn::connect(gw.port).await.unwrap();
+    let busy = Instant::now();
+    let mut n = 0;
+    while busy.elapsed() < Duration::from_secs(4) {
+        let r = c.get("localhost", &format!("/busy/{n}")).await;
+        assert_eq!(r.status, 200, "request {n} at {:?}", busy.elapsed());
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(c.get("localhost", "/last").await.status, 200);
+    let started = Instant::now();
+    let mut s = c.stream;
+    let (_, ended) = read_until_closed(&mut s, Duration::from_secs(8))
+        .await
+        .expect("the connection is closed once idle");
+    assert_cut("idle after a busy period", started, ended, 2, 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_reading_is_cut_at_send_timeout() {
     let b = Backend::start("app").await;
