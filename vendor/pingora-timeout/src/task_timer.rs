@@ -1,4 +1,4 @@
-// Copyright 2025 Cloudflare, Inc.
+// A pingora-gateway patch (not Cloudflare's code), under the crate's license:
 //
 // Licensed under the Apache License, Version 2.0 (the "License");
 // you may not use this file except in compliance with the License.
