@@ -602,11 +602,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // A kept-alive connection took no connecting (nginx logs 0 for it too), and the
         // clock read is saved on the common path.
-        ctx.connect_time = if reused {
-            ctx.peer_at.map(|_| std::time::Duration::ZERO)
-        } else {
-            ctx.peer_at.map(|t| t.elapsed())
-        };
+        ctx.connect_time = ctx
+            .peer_at
+            .map(|t| if reused { Duration::ZERO } else { t.elapsed() });
         Ok(())
     }
 
