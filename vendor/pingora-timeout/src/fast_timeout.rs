@@ -45,14 +45,14 @@ const FAST_TIMEOUT_TO_TOKIO_DISABLED: u64 = u64::MAX;
 static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
     AtomicU64::new(DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS);
 
-pub(crate) fn check_clock_thread(tm: &Arc<TimerManager>) {
+fn check_clock_thread(tm: &Arc<TimerManager>) {
     if tm.should_i_start_clock() {
         start_clock_thread();
     }
 }
 
 /// pingora-gateway patch (2): [check_clock_thread] with the caller's clock reading.
-fn check_clock_thread_at(tm: &Arc<TimerManager>, now: std::time::Instant) {
+pub(crate) fn check_clock_thread_at(tm: &Arc<TimerManager>, now: std::time::Instant) {
     if tm.should_i_start_clock_at(now) {
         start_clock_thread();
     }

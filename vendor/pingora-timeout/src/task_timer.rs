@@ -25,7 +25,7 @@
 //! wait. A second wait of the same task running at the same time (a request body read beside
 //! the upstream's response) finds the timer lent and registers its own, as before.
 
-use super::fast_timeout::{check_clock_thread, TIMER_MANAGER};
+use super::fast_timeout::{check_clock_thread_at, TIMER_MANAGER};
 use super::timer::Time;
 use pin_project_lite::pin_project;
 use std::cell::Cell;
@@ -64,18 +64,21 @@ impl TaskTimer {
     /// Starts a wait of `duration` from now: keeps the bucket it is subscribed to unless that
     /// one fires after the new deadline (or has fired).
     pub(crate) fn start(&mut self, duration: Duration) {
-        self.deadline = TIMER_MANAGER.tick_at(Instant::now(), duration);
+        let now = Instant::now();
+        self.deadline = TIMER_MANAGER.tick_at(now, duration);
         let keep = self
             .armed
             .as_ref()
             .is_some_and(|a| a.tick <= self.deadline && !a.fired.load(Ordering::Relaxed));
         if !keep {
-            self.arm();
+            self.arm(now);
         }
     }
 
-    fn arm(&mut self) {
-        check_clock_thread(&TIMER_MANAGER);
+    /// Subscribes to the deadline's bucket; `now` is a clock reading for the clock thread's
+    /// liveness check.
+    fn arm(&mut self, now: Instant) {
+        check_clock_thread_at(&TIMER_MANAGER, now);
         let (notify, fired) = TIMER_MANAGER.register_tick(self.deadline).into_parts();
         self.armed = Some(Armed {
             tick: self.deadline,
@@ -104,7 +107,7 @@ impl TaskTimer {
                 return true;
             }
             // An earlier bucket of a previous wait fired: wait on the real deadline's.
-            self.arm();
+            self.arm(Instant::now());
             if self
                 .armed
                 .as_ref()
