@@ -50,6 +50,17 @@ fn status_of(raw: &[u8]) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// A kept-alive connection just answered is closed at the 2 s `keepalive_timeout` of
+/// [`FAST`] (between 2 and 5 s from now), without another byte sent.
+async fn assert_closed_when_idle(c: H1Conn, what: &str) {
+    let started = Instant::now();
+    let mut s = c.stream;
+    let (_, ended) = read_until_closed(&mut s, Duration::from_secs(8))
+        .await
+        .unwrap_or_else(|| panic!("{what}: the connection is still open after 8 s"));
+    assert_cut(what, started, ended, 2, 5);
+}
+
 /// A normal client must still be served while slow ones hold connections.
 async fn normal_client_is_served(port: u16) {
     let r = get(port, "localhost", "/ok").await;
@@ -111,12 +122,7 @@ async fn slow_clients_are_cut_at_their_timeouts() {
     let keepalive = async {
         let mut c = H1Conn::connect(gw.port).await.unwrap();
         assert_eq!(c.get("localhost", "/first").await.status, 200);
-        let started = Instant::now();
-        let mut s = c.stream;
-        let (_, ended) = read_until_closed(&mut s, Duration::from_secs(8))
-            .await
-            .expect("an idle keep-alive connection is closed");
-        assert_cut("idle keep-alive", started, ended, 2, 5);
+        assert_closed_when_idle(c, "idle keep-alive").await;
     };
 
     // 4. A partial second request on a keep-alive connection: 408 at the header deadline.
@@ -204,12 +210,7 @@ async fn keepalive_timeout_counts_from_the_last_response() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     assert_eq!(c.get("localhost", "/last").await.status, 200);
-    let started = Instant::now();
-    let mut s = c.stream;
-    let (_, ended) = read_until_closed(&mut s, Duration::from_secs(8))
-        .await
-        .expect("the connection is closed once idle");
-    assert_cut("idle after a busy period", started, ended, 2, 5);
+    assert_closed_when_idle(c, "idle after a busy period").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
