@@ -437,7 +437,7 @@ where
         };
 
         let client_session = self.client_upstream.get_http_session(&*peer).await;
-        match client_session {
+        let result = match client_session {
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
                     ClientSession::H1(mut h1) => {
@@ -525,7 +525,10 @@ where
                 let new_err = self.inner.fail_to_connect(session, &peer, ctx, e);
                 (false, Some(new_err.into_up()))
             }
-        }
+        };
+        // pingora-gateway patch: the peer goes back to the implementation (PATCHED.md, 13).
+        self.inner.upstream_peer_done(peer, ctx);
+        result
     }
 
     /// pingora-gateway patch: gives an upstream session back to the pool without an `.await`

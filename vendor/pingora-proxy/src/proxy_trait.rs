@@ -62,6 +62,14 @@ pub trait ProxyHttp {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>>;
 
+    /// pingora-gateway patch: hands back the peer that [Self::upstream_peer] returned, once
+    /// this attempt is done with it (its upstream connection released, or the attempt failed).
+    ///
+    /// An implementation that hands out the same few peers again and again can keep the box for
+    /// its next request, instead of building (or cloning) and dropping a [HttpPeer] per request.
+    /// By default the peer is dropped.
+    fn upstream_peer_done(&self, _peer: Box<HttpPeer>, _ctx: &mut Self::CTX) {}
+
     /// Set up downstream modules.
     ///
     /// In this phase, users can add or configure [HttpModules] before the server starts up.
