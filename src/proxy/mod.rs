@@ -590,6 +590,15 @@ impl ProxyHttp for Gateway {
         peer
     }
 
+    fn upstream_peer_done(&self, peer: Box<HttpPeer>, ctx: &mut Ctx) {
+        // The peer came from this snapshot's backend `ctx.backend` (`use_backend`).
+        if let (Some(pool), Some(idx)) = (ctx.pool.as_deref(), ctx.backend) {
+            if let Some(b) = pool.backends.get(idx) {
+                b.peer_done(peer, ctx.upgrade);
+            }
+        }
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,

@@ -4,9 +4,11 @@
 
 mod discovery;
 mod health;
+mod peer_slot;
 mod select;
 
 pub use health::HealthChecker;
+use peer_slot::PeerSlot;
 
 use crate::affinity::Affinity;
 use crate::config::{
@@ -14,7 +16,7 @@ use crate::config::{
 };
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -112,6 +114,9 @@ pub struct Backend {
     pub tag: String,
     peer_http: HttpPeer,
     peer_upgrade: HttpPeer,
+    /// A box of each of the two peers, back from the last request that used it.
+    spare_http: PeerSlot,
+    spare_upgrade: PeerSlot,
     /// Last active health-check verdict.
     pub(crate) active_up: AtomicBool,
     ejected_until: AtomicU64,
@@ -251,13 +256,31 @@ impl Backend {
         self.fails.store(0, Relaxed);
     }
 
-    /// A peer to send one request to (upgrade requests get the idle timeout).
+    /// A peer to send one request to (upgrade requests get the idle timeout): the box the
+    /// last request gave back ([`Self::peer_done`]), or a new copy of the template.
     pub fn peer(&self, upgrade: bool) -> Box<HttpPeer> {
-        Box::new(if upgrade {
-            self.peer_upgrade.clone()
+        let (template, spare) = self.peer_kind(upgrade);
+        spare
+            .take()
+            .unwrap_or_else(|| Box::new(template.clone()))
+    }
+
+    /// Takes back a peer that [`Self::peer`] gave out for the same `upgrade`, for the next
+    /// request. Pingora never changes a peer it was given; one for another address is dropped.
+    pub fn peer_done(&self, peer: Box<HttpPeer>, upgrade: bool) {
+        let (template, spare) = self.peer_kind(upgrade);
+        if peer.address() == template.address() {
+            spare.put(peer);
+        }
+    }
+
+    #[inline]
+    fn peer_kind(&self, upgrade: bool) -> (&HttpPeer, &PeerSlot) {
+        if upgrade {
+            (&self.peer_upgrade, &self.spare_upgrade)
         } else {
-            self.peer_http.clone()
-        })
+            (&self.peer_http, &self.spare_http)
+        }
     }
 }
 
@@ -522,6 +545,8 @@ impl Backend {
             tag: crate::affinity::make_tag(pool, &addr, secret),
             peer_http: base_peer(addr, configured, &c.timeouts, c.timeouts.read, tls),
             peer_upgrade: base_peer(addr, configured, &c.timeouts, c.timeouts.idle, tls),
+            spare_http: PeerSlot::default(),
+            spare_upgrade: PeerSlot::default(),
             active_up: AtomicBool::new(active_up),
             ejected_until: AtomicU64::new(0),
             fails: AtomicU32::new(0),
