@@ -260,9 +260,7 @@ impl Backend {
     /// last request gave back ([`Self::peer_done`]), or a new copy of the template.
     pub fn peer(&self, upgrade: bool) -> Box<HttpPeer> {
         let (template, spare) = self.peer_kind(upgrade);
-        spare
-            .take()
-            .unwrap_or_else(|| Box::new(template.clone()))
+        spare.take().unwrap_or_else(|| Box::new(template.clone()))
     }
 
     /// Takes back a peer that [`Self::peer`] gave out for the same `upgrade`, for the next
