@@ -8,7 +8,7 @@ use std::{fmt, mem, ops, ptr, vec};
 
 use crate::Error;
 
-use super::name::{HdrName, HeaderName, InvalidHeaderName};
+use super::name::{HdrName, HeaderName, InvalidHeaderName, ScanName};
 use super::HeaderValue;
 
 pub use self::as_header_name::AsHeaderName;
@@ -398,6 +398,10 @@ const FORWARD_SHIFT_THRESHOLD: usize = 512;
 // threshold, then instead of growing, the headermap is switched to the red
 // danger state and safe hashing is used instead.
 const LOAD_FACTOR_THRESHOLD: usize = 5;
+
+// pingora-gateway patch (PATCHED.md, 2): up to this many entries, a lookup that needs no probe
+// position compares names in order instead of hashing the key (`HeaderMap::find_index`).
+const SCAN_MAX: usize = 12;
 
 // Macro used to iterate the hash table starting at a given point, looping when
 // the end is hit.
@@ -831,8 +835,8 @@ impl<T> HeaderMap<T> {
     where
         K: AsHeaderName,
     {
-        match key.find(self) {
-            Some((_, found)) => {
+        match key.find_index(self) {
+            Some(found) => {
                 let entry = &self.entries[found];
                 Some(&entry.value)
             }
@@ -861,8 +865,8 @@ impl<T> HeaderMap<T> {
     where
         K: AsHeaderName,
     {
-        match key.find(self) {
-            Some((_, found)) => {
+        match key.find_index(self) {
+            Some(found) => {
                 let entry = &mut self.entries[found];
                 Some(&mut entry.value)
             }
@@ -901,7 +905,7 @@ impl<T> HeaderMap<T> {
     {
         GetAll {
             map: self,
-            index: key.find(self).map(|(_, i)| i),
+            index: key.find_index(self),
         }
     }
 
@@ -922,7 +926,7 @@ impl<T> HeaderMap<T> {
     where
         K: AsHeaderName,
     {
-        key.find(self).is_some()
+        key.find_index(self).is_some()
     }
 
     /// An iterator visiting all key-value pairs.
@@ -1521,6 +1525,23 @@ impl<T> HeaderMap<T> {
                 false
             }
         ))
+    }
+
+    /// pingora-gateway patch (PATCHED.md, 2): the index of `key`'s entry, for the lookups that
+    /// need no probe position (`get`, `get_mut`, `get_all`, `contains_key`). A map of at most
+    /// `SCAN_MAX` entries compares the names in order, without hashing the key: a standard name
+    /// compares in a couple of instructions, where hashing it and probing cost ~100. Names are
+    /// unique among the entries, so the first match is the one `find` would return.
+    #[inline]
+    fn find_index<K>(&self, key: &K) -> Option<usize>
+    where
+        K: Hash + Into<HeaderName> + ScanName + ?Sized,
+        HeaderName: PartialEq<K>,
+    {
+        if self.entries.len() <= SCAN_MAX {
+            return key.scan(self.entries.iter().map(|e| &e.key));
+        }
+        self.find(key).map(|(_, i)| i)
     }
 
     #[inline]
@@ -3932,6 +3953,12 @@ mod as_header_name {
         #[doc(hidden)]
         fn find<T>(&self, map: &HeaderMap<T>) -> Option<(usize, usize)>;
 
+        /// pingora-gateway patch (PATCHED.md, 2): the entry index only (`HeaderMap::find_index`).
+        #[doc(hidden)]
+        fn find_index<T>(&self, map: &HeaderMap<T>) -> Option<usize> {
+            self.find(map).map(|(_, i)| i)
+        }
+
         #[doc(hidden)]
         fn as_str(&self) -> &str;
     }
@@ -3947,6 +3974,11 @@ mod as_header_name {
         #[inline]
         fn find<T>(&self, map: &HeaderMap<T>) -> Option<(usize, usize)> {
             map.find(self)
+        }
+
+        #[inline]
+        fn find_index<T>(&self, map: &HeaderMap<T>) -> Option<usize> {
+            map.find_index(self)
         }
 
         fn as_str(&self) -> &str {
@@ -3967,6 +3999,11 @@ mod as_header_name {
             map.find(*self)
         }
 
+        #[inline]
+        fn find_index<T>(&self, map: &HeaderMap<T>) -> Option<usize> {
+            map.find_index(*self)
+        }
+
         fn as_str(&self) -> &str {
             <HeaderName>::as_str(self)
         }
@@ -3985,6 +4022,11 @@ mod as_header_name {
         #[inline]
         fn find<T>(&self, map: &HeaderMap<T>) -> Option<(usize, usize)> {
             HdrName::from_bytes(self.as_bytes(), move |hdr| map.find(&hdr)).unwrap_or(None)
+        }
+
+        #[inline]
+        fn find_index<T>(&self, map: &HeaderMap<T>) -> Option<usize> {
+            HdrName::from_bytes(self.as_bytes(), move |hdr| map.find_index(&hdr)).unwrap_or(None)
         }
 
         fn as_str(&self) -> &str {
@@ -4077,4 +4119,77 @@ fn a_clone_has_the_room_of_its_original() {
     assert_eq!(clone.get("host").unwrap() as *const HeaderValue, before);
     assert_eq!(clone.len(), 7);
     assert_eq!(original.len(), 2);
+}
+
+// pingora-gateway patch (PATCHED.md, 2): a small map answers the read-only lookups by scanning
+// its names; every size on either side of `SCAN_MAX` must answer as the hashed lookup does, for
+// standard and custom names, keys of any case, hits, misses and names with several values.
+#[test]
+fn lookups_agree_on_both_sides_of_the_scan_limit() {
+    let standard = [
+        "host",
+        "user-agent",
+        "accept",
+        "cookie",
+        "content-length",
+        "referer",
+        "origin",
+        "accept-encoding",
+        "cache-control",
+        "connection",
+        "pragma",
+        "dnt",
+    ];
+    for n in 0..=2 * SCAN_MAX + 2 {
+        let mut map = HeaderMap::new();
+        let mut names = Vec::new();
+        for i in 0..n {
+            // Alternate standard and custom names.
+            let name = if i % 2 == 0 {
+                standard[(i / 2) % standard.len()].to_string()
+            } else {
+                format!("x-custom-{i}")
+            };
+            if names.contains(&name) {
+                continue;
+            }
+            let hn = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            map.append(hn.clone(), HeaderValue::from_str(&format!("{i}a")).unwrap());
+            map.append(hn, HeaderValue::from_str(&format!("{i}b")).unwrap());
+            names.push(name);
+        }
+        for name in &names {
+            let first = map.get(name.as_str()).expect("a present name").clone();
+            assert!(first.to_str().unwrap().ends_with('a'), "{n}: {name}");
+            assert_eq!(
+                map.get(name.to_uppercase().as_str()),
+                Some(&first),
+                "{n}: {name}"
+            );
+            let hn = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(map.get(&hn), Some(&first), "{n}: {name}");
+            assert!(map.contains_key(&hn));
+            assert_eq!(map.get_all(&hn).iter().count(), 2, "{n}: {name}");
+        }
+        for miss in [
+            "upgrade",
+            "x-custom-999",
+            "X-Custom-1000",
+            "content-type",
+            "hos",
+            "hostx",
+        ] {
+            assert!(!map.contains_key(miss), "{n}: {miss}");
+            assert_eq!(map.get(miss), None, "{n}: {miss}");
+            assert_eq!(map.get_all(miss).iter().count(), 0, "{n}: {miss}");
+        }
+        if let Some(name) = names.last() {
+            *map.get_mut(name.as_str()).unwrap() = HeaderValue::from_static("changed");
+            assert_eq!(map.get(name.as_str()).unwrap(), "changed");
+            // Removal still finds its probe position by hashing.
+            assert!(map.remove(name.as_str()).is_some());
+            assert!(!map.contains_key(name.as_str()));
+            assert_eq!(map.len(), 2 * names.len() - 2);
+        }
+    }
 }

@@ -1587,6 +1587,49 @@ impl<'a> PartialEq<HdrName<'a>> for HeaderName {
     }
 }
 
+// pingora-gateway patch (PATCHED.md, 2): the linear search of `HeaderMap::find_index`. The
+// key's kind is matched once, outside the loop, so that each entry costs one or two compares.
+pub(crate) trait ScanName {
+    fn scan<'b, I>(&self, names: I) -> Option<usize>
+    where
+        I: Iterator<Item = &'b HeaderName>;
+}
+
+impl ScanName for HeaderName {
+    #[inline]
+    fn scan<'b, I>(&self, mut names: I) -> Option<usize>
+    where
+        I: Iterator<Item = &'b HeaderName>,
+    {
+        match self.inner {
+            Repr::Standard(s) => names.position(|n| matches!(n.inner, Repr::Standard(t) if t == s)),
+            Repr::Custom(Custom(ref c)) => {
+                let c = c.as_bytes();
+                names.position(
+                    |n| matches!(n.inner, Repr::Custom(Custom(ref d)) if d.as_bytes() == c),
+                )
+            }
+        }
+    }
+}
+
+impl<'a> ScanName for HdrName<'a> {
+    #[inline]
+    fn scan<'b, I>(&self, mut names: I) -> Option<usize>
+    where
+        I: Iterator<Item = &'b HeaderName>,
+    {
+        match self.inner {
+            Repr::Standard(s) => names.position(|n| matches!(n.inner, Repr::Standard(t) if t == s)),
+            Repr::Custom(ref c) => names.position(|n| match n.inner {
+                Repr::Custom(Custom(ref d)) if c.lower => d.as_bytes() == c.buf,
+                Repr::Custom(Custom(ref d)) => eq_ignore_ascii_case(d.as_bytes(), c.buf),
+                Repr::Standard(_) => false,
+            }),
+        }
+    }
+}
+
 // ===== Custom =====
 
 impl Hash for Custom {
