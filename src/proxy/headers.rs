@@ -79,12 +79,21 @@ impl HeaderRules {
     }
 
     /// True when there is nothing to do.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Applies the rules: remove, then set, then add.
+    /// Applies the rules: remove, then set, then add. Most routes have none: that check is
+    /// inlined into the hooks, the rules themselves are not.
+    #[inline]
     pub fn apply<T: HeaderTarget>(&self, target: &mut T) {
+        if !self.is_empty() {
+            self.apply_rules(target);
+        }
+    }
+
+    fn apply_rules<T: HeaderTarget>(&self, target: &mut T) {
         for n in &self.remove {
             target.remove(n);
         }
@@ -165,13 +174,42 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// (CGI-style backends read `X_Real_IP` as `HTTP_X_REAL_IP`, the same as `X-Real-IP`);
 /// `underscore` says whether the name has one (the caller's scan serves its own check too).
 /// `X-Forwarded-For` counts when `xff` (its mode may leave it as sent).
+/// Whether a header name has a `_`, eight bytes at a time: names are short, and `memchr`'s
+/// set-up cost more than this whole scan.
+#[inline]
+fn has_underscore(n: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = n.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        // A byte of `x` is zero where the name has `_` (the classic has-zero-byte test).
+        let x = u64::from_le_bytes(w) ^ (LO * u64::from(b'_'));
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b == b'_')
+}
+
 fn is_client_address_name(name: &[u8], underscore: bool, xff: bool) -> bool {
+    if underscore {
+        return is_dashed_client_address_name(name, xff);
+    }
+    is_client_address_spelling(name, xff)
+}
+
+/// A name with `_` read with `-` in its place (rare: kept out of the common path's code).
+#[cold]
+#[inline(never)]
+fn is_dashed_client_address_name(name: &[u8], xff: bool) -> bool {
     let mut buf = [0u8; 32];
-    let name = if underscore {
-        dashed(name, &mut buf)
-    } else {
-        name
-    };
+    is_client_address_spelling(dashed(name, &mut buf), xff)
+}
+
+#[inline]
+fn is_client_address_spelling(name: &[u8], xff: bool) -> bool {
     (xff && name == b"x-forwarded-for")
         || matches!(
             name,
@@ -331,21 +369,18 @@ impl Forwarded {
             return;
         }
         let xff = self.xff != XffMode::Off;
-        let mut doomed: Vec<HeaderName> = Vec::new();
-        for name in req.headers.keys() {
+        let doomed = |name: &HeaderName| {
             let n = name.as_str().as_bytes();
             // One scan for `_` per name, for both questions.
-            let underscore = n.contains(&b'_');
-            if (underscores && underscore)
-                || (!trusted && is_client_address_name(n, underscore, xff))
-            {
-                doomed.push(name.clone());
-            }
-        }
-        if doomed.is_empty() {
+            let underscore = has_underscore(n);
+            (underscores && underscore) || (!trusted && is_client_address_name(n, underscore, xff))
+        };
+        // Almost always there is nothing to remove: a first pass only asks.
+        if !req.headers.keys().any(doomed) {
             return;
         }
-        for name in &doomed {
+        let names: Vec<HeaderName> = req.headers.keys().filter(|n| doomed(n)).cloned().collect();
+        for name in &names {
             req.remove_header(name);
         }
     }
@@ -907,6 +942,22 @@ fn fmt_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscore_found_at_every_position_and_length() {
+        for len in 0..40 {
+            assert!(!has_underscore(&vec![b'a'; len]), "{len}");
+            // Bytes next to `_` in value (`^`, `` ` ``, 0x5e/0x60) and 0xdf (`_` with the top bit) are
+            // not `_`.
+            assert!(!has_underscore(&vec![0x5e; len]));
+            assert!(!has_underscore(&vec![0xdf; len]));
+            for at in 0..len {
+                let mut n = vec![b'x'; len];
+                n[at] = b'_';
+                assert!(has_underscore(&n), "{len} {at}");
+            }
+        }
+    }
 
     #[test]
     fn cached_values_follow_the_address_and_port() {

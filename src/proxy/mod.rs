@@ -672,11 +672,14 @@ impl ProxyHttp for Gateway {
                 .apply(upstream_request, peer, tls, local_port);
         }
         route.request_headers.apply(upstream_request);
-        let fwd = &self.forwarded;
-        route
-            .filters
-            .upstream_request(&route.name, fwd, session, upstream_request, ctx)
-            .await?;
+        // Checked here too: a route without filters builds no filter-chain future.
+        if !route.filters.is_empty() {
+            let fwd = &self.forwarded;
+            route
+                .filters
+                .upstream_request(&route.name, fwd, session, upstream_request, ctx)
+                .await?;
+        }
         Ok(())
     }
 
@@ -745,11 +748,13 @@ impl ProxyHttp for Gateway {
         if let Some(r) = ctx.route {
             let route = self.rt.router.get(r);
             route.response_headers.apply(resp);
-            let fwd = &self.forwarded;
-            route
-                .filters
-                .response(&route.name, fwd, session, resp, ctx)
-                .await?;
+            if !route.filters.is_empty() {
+                let fwd = &self.forwarded;
+                route
+                    .filters
+                    .response(&route.name, fwd, session, resp, ctx)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -1028,12 +1033,13 @@ impl ProxyHttp for Gateway {
                 .metrics
                 .request(ctx.route, status, ctx.body_bytes, sent);
         }
-        if let Some(r) = ctx.route {
-            let route = self.rt.router.get(r);
-            route
-                .filters
-                .logging(&route.name, &self.forwarded, session, ctx)
-                .await;
+        if let Some(route) = ctx.route.map(|r| self.rt.router.get(r)) {
+            if !route.filters.is_empty() {
+                route
+                    .filters
+                    .logging(&route.name, &self.forwarded, session, ctx)
+                    .await;
+            }
         }
         // A detached tunnel logs when it closes.
         if ctx.detached || !log::log_enabled!(target: "access", log::Level::Info) {
