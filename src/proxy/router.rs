@@ -69,12 +69,18 @@ pub enum Rewrite {
 }
 
 impl Rewrite {
-    /// The new path-and-query for `path` and `query`, or `None` when unchanged.
+    /// The new path-and-query for `path` and `query`, or `None` when unchanged (most routes:
+    /// that check is inlined into the hook).
+    #[inline]
     pub fn apply(&self, path: &str, query: Option<&str>) -> Option<String> {
-        let Rewrite::Prefix { len, with } = self else {
-            return None;
-        };
-        let rest = path.get(*len..).unwrap_or("");
+        match self {
+            Rewrite::None => None,
+            Rewrite::Prefix { len, with } => Some(Self::replace_prefix(*len, with, path, query)),
+        }
+    }
+
+    fn replace_prefix(len: usize, with: &str, path: &str, query: Option<&str>) -> String {
+        let rest = path.get(len..).unwrap_or("");
         let mut out =
             String::with_capacity(with.len() + rest.len() + 2 + query.map_or(0, |q| q.len() + 1));
         out.push_str(with);
@@ -91,7 +97,7 @@ impl Rewrite {
             out.push('?');
             out.push_str(q);
         }
-        Some(out)
+        out
     }
 }
 
@@ -438,7 +444,25 @@ pub fn is_websocket_upgrade(req: &http::request::Parts) -> bool {
 }
 
 /// Normalises a Host value into `buf`: drops the port and a trailing dot, lower-cases.
+#[cfg(test)]
 fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> &'a str {
+    lower_host(trim_host(host), buf)
+}
+
+/// A trimmed Host value lower-cased (into `buf` when it has capitals).
+fn lower_host<'a>(h: &'a str, buf: &'a mut [u8; 256]) -> &'a str {
+    if !h.bytes().any(|b| b.is_ascii_uppercase()) || h.len() > buf.len() {
+        return h;
+    }
+    let out = &mut buf[..h.len()];
+    out.copy_from_slice(h.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).unwrap_or(h)
+}
+
+/// A Host value without its port and trailing dot.
+#[inline]
+fn trim_host(host: &str) -> &str {
     let h = if host.starts_with('[') {
         host.find(']').map_or(host, |i| &host[..=i])
     } else {
@@ -450,14 +474,7 @@ fn normalize_host<'a>(host: &'a str, buf: &'a mut [u8; 256]) -> &'a str {
             }
         })
     };
-    let h = h.strip_suffix('.').unwrap_or(h);
-    if !h.bytes().any(|b| b.is_ascii_uppercase()) || h.len() > buf.len() {
-        return h;
-    }
-    let out = &mut buf[..h.len()];
-    out.copy_from_slice(h.as_bytes());
-    out.make_ascii_lowercase();
-    std::str::from_utf8(out).unwrap_or(h)
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 impl HostTable {
@@ -506,8 +523,24 @@ impl HostTable {
 
     /// The smallest index of a route matching `host` and `path`, or `NONE`.
     fn lookup(&self, host: &str, path: &str) -> u32 {
+        let host = trim_host(host);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.lookup_lowered(host, path);
+        }
+        self.lookup_normal(host, path)
+    }
+
+    /// `lookup` for a host with capitals (rare): lower-cased into a buffer first, which the
+    /// common case does not even set up.
+    #[cold]
+    #[inline(never)]
+    fn lookup_lowered(&self, host: &str, path: &str) -> u32 {
         let mut buf = [0u8; 256];
-        let host = normalize_host(host, &mut buf);
+        self.lookup_normal(lower_host(host, &mut buf), path)
+    }
+
+    /// `lookup` for a normalised host.
+    fn lookup_normal(&self, host: &str, path: &str) -> u32 {
         let path = path.as_bytes();
         let mut best = self.any_host.lookup(path);
         if let Some(ix) = self.exact.get(host) {
