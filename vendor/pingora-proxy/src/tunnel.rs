@@ -213,8 +213,17 @@ enum Step {
 }
 
 impl Half {
-    /// Writes `pending` to `dst`; `Ready(true)` once nothing is pending.
+    /// Writes `pending` to `dst` and flushes it; `Ready(Ok(()))` once nothing is pending.
+    /// Nothing pending and nothing to flush, the usual case, is answered inline.
+    #[inline]
     fn drain(&mut self, dst: &mut Side, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending.is_none() && !self.need_flush {
+            return Poll::Ready(Ok(()));
+        }
+        self.drain_pending(dst, cx)
+    }
+
+    fn drain_pending(&mut self, dst: &mut Side, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(p) = self.pending.as_mut() {
             match dst.poll_write(cx, p) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
