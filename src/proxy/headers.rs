@@ -169,11 +169,6 @@ static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 static XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Whether `name` (a lower-case header name) is one a backend could take as the client's
-/// address, scheme, host or port: removed from an untrusted peer's request. `_` counts as `-`
-/// (CGI-style backends read `X_Real_IP` as `HTTP_X_REAL_IP`, the same as `X-Real-IP`);
-/// `underscore` says whether the name has one (the caller's scan serves its own check too).
-/// `X-Forwarded-For` counts when `xff` (its mode may leave it as sent).
 /// Whether a header name has a `_`, eight bytes at a time: names are short, and `memchr`'s
 /// set-up cost more than this whole scan.
 #[inline]
@@ -193,6 +188,11 @@ fn has_underscore(n: &[u8]) -> bool {
     chunks.remainder().iter().any(|&b| b == b'_')
 }
 
+/// Whether `name` (a lower-case header name) is one a backend could take as the client's
+/// address, scheme, host or port: removed from an untrusted peer's request. `_` counts as `-`
+/// (CGI-style backends read `X_Real_IP` as `HTTP_X_REAL_IP`, the same as `X-Real-IP`);
+/// `underscore` says whether the name has one (the caller's scan serves its own check too).
+/// `X-Forwarded-For` counts when `xff` (its mode may leave it as sent).
 fn is_client_address_name(name: &[u8], underscore: bool, xff: bool) -> bool {
     if underscore {
         return is_dashed_client_address_name(name, xff);
@@ -947,8 +947,7 @@ mod tests {
     fn underscore_found_at_every_position_and_length() {
         for len in 0..40 {
             assert!(!has_underscore(&vec![b'a'; len]), "{len}");
-            // Bytes next to `_` in value (`^`, `` ` ``, 0x5e/0x60) and 0xdf (`_` with the top bit) are
-            // not `_`.
+            // `^` (0x5e, next to `_`) and 0xdf (`_` with the top bit set) are not `_`.
             assert!(!has_underscore(&vec![0x5e; len]));
             assert!(!has_underscore(&vec![0xdf; len]));
             for at in 0..len {
