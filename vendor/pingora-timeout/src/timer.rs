@@ -266,8 +266,8 @@ impl TimerManager {
         (now + duration - self.zero).into()
     }
 
-    /// pingora-gateway patch (4): a timer firing at bucket `now` (see [`Self::tick_at`]).
-    pub(crate) fn register_tick(&self, now: Time) -> TimerStub {
+    /// pingora-gateway patch (4): a timer firing at bucket `tick` (see [`Self::tick_at`]).
+    pub(crate) fn register_tick(&self, tick: Time) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -283,14 +283,14 @@ impl TimerManager {
                 .slots
                 .iter()
                 .flatten()
-                .find(|l| l.time == now && l.manager == self.id);
+                .find(|l| l.time == tick && l.manager == self.id);
             if let Some(l) = hit {
                 return l.stub.share();
             }
-            let stub = self.register_in_tree(now);
+            let stub = self.register_in_tree(tick);
             last.slots[last.next] = Some(LastTimer {
                 manager: self.id,
-                time: now,
+                time: tick,
                 stub: stub.share(),
             });
             last.next = (last.next + 1) % LAST_TIMERS;
