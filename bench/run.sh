@@ -570,13 +570,21 @@ scn_sio() { # target(gwsio|direct) run
 }
 
 # ---- the runs ----------------------------------------------------------------------------
+# Each run starts the rotation one target later, so that no target always runs first (right
+# after another scenario) or last: this VM's speed drifts within a round.
+rotated() { # run list... -> the list rotated left by run - 1
+  local r=$1; shift; local n=$#; local a=("$@") i
+  for ((i = 0; i < n; i++)); do echo "${a[$(((i + r - 1) % n))]}"; done
+}
 for run in $(seq "$RUNS"); do
-  log "run $run/$RUNS: HTTP keep-alive"
-  for t in "${TARGETS[@]}" "${EXTRA_KA[@]}"; do scn_http "$t" "$run" ka; done
-  log "run $run/$RUNS: HTTP new connection per request"
-  for t in "${TARGETS[@]}"; do scn_http "$t" "$run" close; done
-  log "run $run/$RUNS: WebSocket echo"
-  for t in "${TARGETS[@]}"; do scn_ws_echo "$t" "$run"; done
+  mapfile -t ORDER < <(rotated "$run" "${TARGETS[@]}")
+  mapfile -t ORDER_KA < <(rotated "$run" "${TARGETS[@]}" "${EXTRA_KA[@]}")
+  log "run $run/$RUNS: HTTP keep-alive (${ORDER_KA[*]})"
+  for t in "${ORDER_KA[@]}"; do scn_http "$t" "$run" ka; done
+  log "run $run/$RUNS: HTTP new connection per request (${ORDER[*]})"
+  for t in "${ORDER[@]}"; do scn_http "$t" "$run" close; done
+  log "run $run/$RUNS: WebSocket echo (${ORDER[*]})"
+  for t in "${ORDER[@]}"; do scn_ws_echo "$t" "$run"; done
   log "run $run/$RUNS: idle WebSockets"
   for t in gw bare nginx haproxy; do scn_ws_idle "$t" "$run"; done
   log "run $run/$RUNS: Socket.IO polling"

@@ -69,6 +69,8 @@ pub struct Runtime {
     pub server_conf: ServerConf,
     /// `server.max_connections`, if set (else derived from the open-files limit at start).
     pub max_connections: Option<usize>,
+    /// `server.relay_threads`, if set (else one per worker thread).
+    pub relay_threads: Option<usize>,
     /// Open client connections, against `max_connections`.
     pub connections: Arc<crate::listener::ConnectionCount>,
     /// Counters of the request path (Prometheus `/metrics`).
@@ -100,7 +102,8 @@ impl Runtime {
     /// Like [`Runtime::compile`], with the filters of `filters` available to the routes.
     pub fn compile_with(cfg: &Config, filters: &Registry) -> Result<Runtime, ConfigError> {
         let mut issues = Issues::default();
-        let (server_conf, max_connections) = server_conf(&cfg.server, &mut issues);
+        let (server_conf, extras) = server_conf(&cfg.server, &mut issues);
+        let (max_connections, relay_threads) = (extras.max_connections, extras.relay_threads);
 
         let mut listeners: Vec<Listener> = Vec::new();
         let mut redirect_ports = Vec::new();
@@ -361,6 +364,7 @@ impl Runtime {
             admin_token,
             server_conf,
             max_connections,
+            relay_threads,
             connections: crate::listener::ConnectionCount::new(usize::MAX),
             metrics: crate::metrics::Metrics::new(cfg.routes.len(), cfg.admin.metrics),
             warnings: issues.warnings,

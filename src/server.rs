@@ -30,6 +30,7 @@ pub struct RunFlags {
 pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
     // Pingora takes its `ServerConf` by value (it is not `Clone`); nothing reads it after this.
     let conf = std::mem::take(&mut rt.server_conf);
+    let threads = conf.threads;
     let rt = Arc::new(rt);
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -45,6 +46,11 @@ pub fn build(mut rt: Runtime, flags: RunFlags) -> Server {
     // Nothing here reads Pingora's per-stream pending times (time spent waiting on reads and
     // writes): skip their two clock reads per wait (vendor/pingora-core patch 17).
     pingora_core::protocols::l4::stream::set_track_pending_time_default(false);
+    // Upgraded plain-TCP connections (WebSocket) are relayed by threads of their own, by
+    // default as many as workers, started with the first one (vendor/pingora-proxy patch 15).
+    pingora_proxy::tunnel::set_relay_threads(rt.relay_threads.unwrap_or(threads));
+    // mimalloc returns what a thread freed only when that thread collects.
+    pingora_proxy::tunnel::set_after_closes(crate::alloc::collect);
     // Daemonising forks after this point: the socket hand-over (bootstrap) must then run as a
     // service in the daemon, which reports readiness to the launcher when done.
     let bootstrap = if flags.daemon {

@@ -24,25 +24,43 @@ const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 5;
 const MAX_CONNECTIONS: &str = "max_connections";
 /// Range of `server.max_connections`.
 const MAX_CONNECTIONS_RANGE: (u64, u64) = (1, 10_000_000);
+/// The gateway's own `server:` key: threads that relay upgraded plain-TCP connections
+/// (WebSockets) once the 101 is out; 0 relays them on the worker threads' tasks.
+const RELAY_THREADS: &str = "relay_threads";
+/// Range of `server.relay_threads`.
+const RELAY_THREADS_RANGE: (u64, u64) = (0, 256);
+
+/// The gateway's own keys of the `server:` section.
+#[derive(Debug, Default)]
+pub struct ServerExtras {
+    /// `server.max_connections`, if set.
+    pub max_connections: Option<usize>,
+    /// `server.relay_threads`, if set (else as many as `threads`).
+    pub relay_threads: Option<usize>,
+}
 
 /// Builds Pingora's `ServerConf` from the `server:` mapping and reads the gateway's own
-/// `max_connections`, recording problems in `issues`.
-pub fn server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> (ServerConf, Option<usize>) {
+/// keys, recording problems in `issues`.
+pub fn server_conf(map: &serde_yaml::Mapping, issues: &mut Issues) -> (ServerConf, ServerExtras) {
     let mut map = map.clone();
-    let max_connections = map.remove(MAX_CONNECTIONS).and_then(|v| {
-        let (lo, hi) = MAX_CONNECTIONS_RANGE;
-        match v.as_u64() {
+    let mut number = |key: &str, (lo, hi): (u64, u64)| {
+        map.remove(key).and_then(|v| match v.as_u64() {
             Some(n) if (lo..=hi).contains(&n) => Some(n as usize),
             _ => {
+                let shown = serde_yaml::to_string(&v).unwrap_or_default();
                 issues.error(
-                    format!("server.{MAX_CONNECTIONS}"),
-                    format!("{v:?} is not a number in {lo}..={hi}"),
+                    format!("server.{key}"),
+                    format!("{} is not a number in {lo}..={hi}", shown.trim_end()),
                 );
                 None
             }
-        }
-    });
-    (pingora_server_conf(&map, issues), max_connections)
+        })
+    };
+    let extras = ServerExtras {
+        max_connections: number(MAX_CONNECTIONS, MAX_CONNECTIONS_RANGE),
+        relay_threads: number(RELAY_THREADS, RELAY_THREADS_RANGE),
+    };
+    (pingora_server_conf(&map, issues), extras)
 }
 
 /// Pingora's `ServerConf` from the rest of the `server:` mapping.
@@ -165,6 +183,31 @@ mod tests {
         let (c, issues) = conf("{ threads: 256, grace_period_seconds: 0 }");
         assert!(issues.errors.is_empty(), "{:?}", issues.errors);
         assert_eq!(c.threads, 256);
+    }
+
+    #[test]
+    fn the_gateway_keys_are_read_and_checked() {
+        let map: serde_yaml::Mapping =
+            serde_yaml::from_str("{ relay_threads: 0, max_connections: 9 }").unwrap();
+        let mut issues = Issues::default();
+        let (_, extras) = server_conf(&map, &mut issues);
+        assert!(issues.errors.is_empty(), "{:?}", issues.errors);
+        assert_eq!(extras.relay_threads, Some(0));
+        assert_eq!(extras.max_connections, Some(9));
+        let map: serde_yaml::Mapping = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(server_conf(&map, &mut issues).1.relay_threads, None);
+        for (yaml, want) in [
+            ("{ relay_threads: 257 }", "server.relay_threads: 257 is not a number in 0..=256"),
+            ("{ relay_threads: -1 }", "server.relay_threads: -1 is not a number in 0..=256"),
+            ("{ max_connections: 0 }", "server.max_connections: 0 is not a number in 1..=10000000"),
+        ] {
+            let (_, issues) = conf(yaml);
+            assert!(
+                issues.errors.iter().any(|e| e.to_string().contains(want)),
+                "{yaml}: {:?}",
+                issues.errors
+            );
+        }
     }
 
     #[test]

@@ -99,6 +99,7 @@ mod proxy_h2;
 mod proxy_purge;
 mod proxy_trait;
 pub mod tunnel;
+mod relay_thread;
 pub mod subrequest;
 
 use subrequest::{BodyMode, Ctx as SubrequestCtx};

@@ -62,6 +62,8 @@ pub struct TunnelStats {
     pub end: TunnelEnd,
 }
 
+pub use crate::relay_thread::{set_after_closes, set_relay_threads};
+
 const SCRATCH_SIZE: usize = 16 * 1024;
 /// Reads per direction in one poll before yielding to other tasks.
 const READS_PER_POLL: usize = 16;
@@ -76,6 +78,8 @@ thread_local! {
 enum Side {
     Tcp(Box<TcpSide>),
     Other(Stream),
+    /// Handed to a relay thread (patch 15).
+    Gone,
 }
 
 impl Side {
@@ -95,6 +99,7 @@ impl Side {
         match self {
             Side::Tcp(s) => s.poll_read_relay(cx, buf),
             Side::Other(s) => Pin::new(s).poll_read(cx, buf),
+            Side::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
@@ -102,6 +107,7 @@ impl Side {
         match self {
             Side::Tcp(s) => s.poll_write_relay(cx, buf),
             Side::Other(s) => Pin::new(s).poll_write(cx, buf),
+            Side::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
@@ -109,6 +115,7 @@ impl Side {
         match self {
             Side::Tcp(s) => s.poll_flush_relay(cx),
             Side::Other(s) => Pin::new(s).poll_flush(cx),
+            Side::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
@@ -116,6 +123,7 @@ impl Side {
         match self {
             Side::Tcp(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Side::Other(s) => Pin::new(s).poll_shutdown(cx),
+            Side::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 }
@@ -213,6 +221,11 @@ enum Step {
 }
 
 impl Half {
+    /// Nothing buffered, nothing to flush, no EOF: the direction could move to a relay thread.
+    fn quiet(&self) -> bool {
+        self.pending.is_none() && !self.need_flush && !self.eof
+    }
+
     /// Writes `pending` to `dst` and flushes it; `Ready(Ok(()))` once nothing is pending.
     /// Nothing pending and nothing to flush, the usual case, is answered inline.
     #[inline]
@@ -349,6 +362,9 @@ pub(crate) struct Relay {
     started: Instant,
     closing: Option<(TunnelEnd, bool)>,
     on_close: Option<Box<dyn FnOnce(&TunnelStats) + Send + Sync>>,
+    /// Both sides are plain TCP and relay threads are on: hand the tunnel over once nothing
+    /// is buffered (patch 15).
+    hand_over: bool,
 }
 
 impl Relay {
@@ -362,6 +378,8 @@ impl Relay {
         tunnel: DetachedTunnel,
     ) -> Self {
         let (downstream, upstream) = (Side::new(downstream), Side::new(upstream));
+        let hand_over = matches!((&downstream, &upstream), (Side::Tcp(_), Side::Tcp(_)))
+            && crate::relay_thread::enabled();
         let now = Instant::now();
         let to_up = downstream_unread.as_ref().map_or(0, |b| b.len() as u64);
         let to_down = upstream_unread.as_ref().map_or(0, |b| b.len() as u64);
@@ -394,7 +412,46 @@ impl Relay {
             started: now,
             closing: None,
             on_close: tunnel.on_close,
+            hand_over,
         }
+    }
+
+    /// Moves the tunnel to a relay thread if both sockets are free of buffered bytes; `None`
+    /// when it stays here, `Some(end)` when it ended here (a socket lost on the way out).
+    fn try_hand_over(&mut self) -> Option<Option<TunnelEnd>> {
+        let (Side::Tcp(d), Side::Tcp(u)) = (&mut self.downstream, &mut self.upstream) else {
+            return None;
+        };
+        if !d.relay_socket_free() || !u.relay_socket_free() {
+            return None;
+        }
+        self.hand_over = false;
+        let (Side::Tcp(d), Side::Tcp(u)) = (
+            std::mem::replace(&mut self.downstream, Side::Gone),
+            std::mem::replace(&mut self.upstream, Side::Gone),
+        ) else {
+            unreachable!("matched above")
+        };
+        let taken = |s: Box<TcpSide>| match s.into_relay_socket() {
+            Ok(r) => r.ok(),
+            Err(_) => unreachable!("relay_socket_free said yes"),
+        };
+        let (Some((d, dg)), Some((u, ug))) = (taken(d), taken(u)) else {
+            self.finish(TunnelEnd::Aborted);
+            return Some(Some(TunnelEnd::Aborted));
+        };
+        crate::relay_thread::hand_over(crate::relay_thread::Handoff {
+            sockets: [d, u],
+            guards: dg.into_iter().chain(ug).collect(),
+            tunnel: DetachedTunnel {
+                idle_timeout: self.idle.as_ref().map(|(t, _)| *t),
+                on_close: self.on_close.take(),
+            },
+            bytes: [self.up.bytes, self.down.bytes],
+            started: self.started.into_std(),
+            home: tokio::runtime::Handle::current(),
+        });
+        Some(None)
     }
 
     fn finish(&mut self, end: TunnelEnd) {
@@ -410,9 +467,10 @@ impl Relay {
 }
 
 impl Future for Relay {
-    type Output = TunnelEnd;
+    /// `None`: handed to a relay thread.
+    type Output = Option<TunnelEnd>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<TunnelEnd>> {
         let this = self.get_mut();
         if let Some((end, to_upstream)) = this.closing {
             // One side closed: send the other side what is left and a FIN, then end.
@@ -429,7 +487,7 @@ impl Future for Relay {
                 return Poll::Pending;
             }
             this.finish(end);
-            return Poll::Ready(end);
+            return Poll::Ready(Some(end));
         }
         if !this
             .task_waker
@@ -476,11 +534,16 @@ impl Future for Relay {
         };
         if let Some(end) = end {
             this.finish(end);
-            return Poll::Ready(end);
+            return Poll::Ready(Some(end));
+        }
+        if this.hand_over && this.up.quiet() && this.down.quiet() {
+            if let Some(end) = this.try_hand_over() {
+                return Poll::Ready(end);
+            }
         }
         if this.idle_expired(cx) {
             this.finish(TunnelEnd::IdleTimeout);
-            return Poll::Ready(TunnelEnd::IdleTimeout);
+            return Poll::Ready(Some(TunnelEnd::IdleTimeout));
         }
         Poll::Pending
     }
@@ -545,7 +608,7 @@ impl Relay {
 
 /// How often a busy tunnel's idle timer fires: an eighth of the timeout (at least 10 ms), the
 /// most a tunnel can outlive its idle timeout by.
-fn idle_check(timeout: Duration) -> Duration {
+pub(crate) fn idle_check(timeout: Duration) -> Duration {
     (timeout / 8).max(Duration::from_millis(10)).min(timeout)
 }
 
@@ -556,14 +619,14 @@ impl Drop for Relay {
 }
 
 /// Relays a detached upgraded connection until either side closes, an error, or the idle
-/// timeout; then calls the tunnel's `on_close`.
+/// timeout; then calls the tunnel's `on_close`. `None`: handed to a relay thread, which does.
 pub(crate) async fn relay(
     downstream: Stream,
     downstream_unread: Option<Bytes>,
     upstream: Stream,
     upstream_unread: Option<Bytes>,
     tunnel: DetachedTunnel,
-) -> TunnelEnd {
+) -> Option<TunnelEnd> {
     Relay::new(
         downstream,
         downstream_unread,

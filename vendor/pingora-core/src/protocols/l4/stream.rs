@@ -592,6 +592,35 @@ impl Stream {
         }
     }
 
+    /// pingora-gateway patch: whether [`Self::into_relay_socket`] would give the socket.
+    pub fn relay_socket_free(&mut self) -> bool {
+        self.direct_tcp(true).is_some()
+    }
+
+    /// pingora-gateway patch: the TCP socket taken out of this stream (and out of the runtime's
+    /// reactor) for a relay thread, with the connection guard, when nothing sits between the
+    /// socket and a relay (`direct_tcp`); otherwise `Err(self)`. See PATCHED.md, 25.
+    #[allow(clippy::type_complexity)]
+    pub fn into_relay_socket(
+        mut self,
+    ) -> Result<
+        io::Result<(
+            std::net::TcpStream,
+            Option<Box<dyn std::any::Any + Send + Sync>>,
+        )>,
+        Self,
+    > {
+        if self.direct_tcp(true).is_none() {
+            return Err(self);
+        }
+        let guard = self.connection_guard.take();
+        let raw = self.stream.take().expect("checked by direct_tcp").into_inner();
+        let RawStream::Tcp(tcp) = raw.stream else {
+            unreachable!("checked by direct_tcp")
+        };
+        Ok(tcp.into_std().map(|std| (std, guard)))
+    }
+
     /// pingora-gateway patch: a read for a byte relay (an upgraded connection): straight from
     /// the socket when nothing is buffered, without the buffer, timing and rx-timestamp layers.
     pub fn poll_read_relay(
@@ -897,8 +926,12 @@ impl Drop for Stream {
             t.0.on_disconnected();
         }
         // pingora-gateway patch: nothing buffered, nothing to flush; skip the status probe
-        // below (a `getsockopt` per closed connection). See PATCHED.md, 12.
-        if self.stream().writer().buffer().is_empty() {
+        // below (a `getsockopt` per closed connection). See PATCHED.md, 12. No stream: its
+        // socket went to a relay thread (PATCHED.md, 25).
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        if stream.writer().buffer().is_empty() {
             debug!("Dropping socket {:?}", self.stream);
             return;
         }
