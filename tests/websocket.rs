@@ -195,13 +195,22 @@ async fn raw_upgrade_backend(greeting: &'static [u8]) -> std::net::SocketAddr {
 
 /// Reads from `s` until `want` has been seen (or 5 s pass); returns everything read.
 async fn read_until(s: &mut tokio::net::TcpStream, want: &[u8]) -> Vec<u8> {
+    read_until_seen(s, want, 1).await
+}
+
+/// Reads from `r` until `want` has been seen `times` times (or 5 s pass).
+async fn read_until_seen<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    want: &[u8],
+    times: usize,
+) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !got.windows(want.len()).any(|w| w == want) {
+    while got.windows(want.len()).filter(|w| *w == want).count() < times {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+        match tokio::time::timeout(left, r.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
             _ => break,
         }
@@ -518,7 +527,7 @@ routes: [ {{ upstream: raw }} ]
             .expect("8 MiB within 30 s")
             .unwrap();
         assert_eq!(bulk_mismatch(&body, 0, DOWN_SALT), None, "{server}: down stream");
-        let report = read_until_owned(&mut r, b"|", 2).await;
+        let report = read_until_seen(&mut r, b"|", 2).await;
         let text = String::from_utf8_lossy(&report);
         assert!(
             text.contains(&format!("read {BULK} bad None")),
@@ -526,26 +535,6 @@ routes: [ {{ upstream: raw }} ]
         );
         drop(uploader.await.unwrap());
     }
-}
-
-/// Reads until `want` has been seen `times` times (or 5 s pass).
-async fn read_until_owned(
-    r: &mut tokio::net::tcp::OwnedReadHalf,
-    want: &[u8],
-    times: usize,
-) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while got.windows(want.len()).filter(|w| *w == want).count() < times {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, r.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
-            _ => break,
-        }
-    }
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
