@@ -10,8 +10,9 @@
 //! Semantics are the task relay's: bytes a side cannot take yet are kept (and that direction
 //! stops reading until they are written); the tunnel ends when one side has closed and
 //! everything it sent was delivered (the other side then gets a FIN), on an error of either
-//! side, or when no byte moved for the idle timeout (checked every eighth of it); `on_close`
-//! runs on the relay thread.
+//! side, or when no byte moved for the idle timeout (checked every eighth of it). `on_close`
+//! runs on the runtime the tunnel came from, spawned there when the tunnel ends; tunnels still
+//! open when the process exits end with it, without `on_close`.
 
 use crate::tunnel::{DetachedTunnel, TunnelEnd, TunnelStats};
 use log::{debug, warn};
