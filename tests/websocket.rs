@@ -193,6 +193,19 @@ async fn raw_upgrade_backend(greeting: &'static [u8]) -> std::net::SocketAddr {
     addr
 }
 
+/// Every request to the one backend at `addr`, with `server` (a `server:` line, or nothing).
+fn raw_config(addr: std::net::SocketAddr, server: &str) -> String {
+    format!(
+        r#"
+{server}
+listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
+admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
+upstreams: {{ raw: {{ servers: [ {{ address: "{addr}" }} ] }} }}
+routes: [ {{ upstream: raw }} ]
+"#
+    )
+}
+
 /// Reads from `s` until `want` has been seen (or 5 s pass); returns everything read.
 async fn read_until(s: &mut tokio::net::TcpStream, want: &[u8]) -> Vec<u8> {
     read_until_seen(s, want, 1).await
@@ -225,14 +238,7 @@ async fn bytes_that_arrive_with_the_upgrade_are_relayed_both_ways() {
     // both (they were already read by the HTTP layer).
     use tokio::io::AsyncWriteExt;
     let addr = raw_upgrade_backend(b"hello-from-server").await;
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
-admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
-upstreams: {{ raw: {{ servers: [ {{ address: "{addr}" }} ] }} }}
-routes: [ {{ upstream: raw }} ]
-"#
-    ));
+    let gw = Gateway::start(&raw_config(addr, ""));
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
         .unwrap();
@@ -337,6 +343,15 @@ async fn websocket_spike(gw: &Gateway) -> u64 {
     peak
 }
 
+/// RSS after one WebSocket has come and gone (the relay's first allocations are made).
+async fn warmed_rss(gw: &Gateway) -> u64 {
+    let mut warm = ws_connect(gw.port, "x", "/ws").await;
+    assert_eq!(echo(&mut warm, "warm").await, "warm");
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rss_kib(gw.pid())
+}
+
 /// RSS once it is at most `limit` KiB, or after 20 s.
 async fn rss_settled(gw: &Gateway, limit: u64) -> u64 {
     let mut rss = rss_kib(gw.pid());
@@ -358,11 +373,7 @@ async fn memory_of_a_websocket_spike_is_given_back() {
     // alone keeps all of it: freed memory below live allocations is not trimmed.
     let b = Backend::start("node-1").await;
     let gw = Gateway::start(&format!("server: {{ relay_threads: 0 }}\n{}", ws_config(&b, "")));
-    let mut warm = ws_connect(gw.port, "x", "/ws").await;
-    assert_eq!(echo(&mut warm, "warm").await, "warm");
-    drop(warm);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(gw.pid());
+    let before = warmed_rss(&gw).await;
     let peak = websocket_spike(&gw).await;
     let after = rss_settled(&gw, before + (peak - before) / 2).await;
     assert!(
@@ -383,11 +394,7 @@ async fn websockets_on_relay_threads_hold_little_and_leak_nothing() {
     // the first left (a tunnel that leaked its state would add all of it).
     let b = Backend::start("node-1").await;
     let gw = Gateway::start(&ws_config(&b, ""));
-    let mut warm = ws_connect(gw.port, "x", "/ws").await;
-    assert_eq!(echo(&mut warm, "warm").await, "warm");
-    drop(warm);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(gw.pid());
+    let before = warmed_rss(&gw).await;
     let peak1 = websocket_spike(&gw).await;
     let spike = peak1.saturating_sub(before);
     let after1 = rss_settled(&gw, before + spike / 2).await;
@@ -488,15 +495,7 @@ async fn slow_readers_get_every_byte_in_order_both_ways() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = bulk_upgrade_backend().await;
     for server in ["", "server: { relay_threads: 0 }"] {
-        let gw = Gateway::start(&format!(
-            r#"
-{server}
-listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
-admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
-upstreams: {{ raw: {{ servers: [ {{ address: "{addr}" }} ] }} }}
-routes: [ {{ upstream: raw }} ]
-"#
-        ));
+        let gw = Gateway::start(&raw_config(addr, server));
         let s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
             .await
             .unwrap();
@@ -573,14 +572,7 @@ async fn a_client_fin_right_behind_its_last_bytes_reaches_the_backend() {
             });
         }
     });
-    let gw = Gateway::start(&format!(
-        r#"
-listeners: [ {{ address: "127.0.0.1:{{PORT}}" }} ]
-admin: {{ address: "127.0.0.1:{{ADMIN}}" }}
-upstreams: {{ raw: {{ servers: [ {{ address: "{addr}" }} ] }} }}
-routes: [ {{ upstream: raw }} ]
-"#
-    ));
+    let gw = Gateway::start(&raw_config(addr, ""));
     for round in 0..20 {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
             .await
