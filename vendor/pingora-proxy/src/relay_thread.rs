@@ -395,9 +395,9 @@ impl Reactor {
                 match due {
                     None => -1,
                     Some(t) => {
-                        let ms = t.saturating_duration_since(Instant::now()).as_nanos();
-                        // rounded up: waking before the check is due would only spin
-                        ms.div_ceil(1_000_000).min(i32::MAX as u128) as i32
+                        let nanos = t.saturating_duration_since(Instant::now()).as_nanos();
+                        // in ms, rounded up: waking before the check is due would only spin
+                        nanos.div_ceil(1_000_000).min(i32::MAX as u128) as i32
                     }
                 }
             };
