@@ -46,9 +46,9 @@ pub extern "C" fn set_defaults() {
 /// full ones included. mimalloc purges only when it is called, so an idle process after a
 /// spike would keep them; the memory trimming service calls this every few seconds, and each
 /// relay thread a second after tunnels closed there
-/// (`pingora_proxy::tunnel::set_after_closes`). Forced: a plain collect visits only some
-/// arenas and skips full pages (those whose blocks other threads freed, e.g. a relay thread's
-/// tunnels), which left half of a 3,000 WebSocket spike resident. Does nothing on another
+/// (`pingora_proxy::tunnel::set_after_closes`). Forced: a plain collect purges only some
+/// arenas and skips full pages, and a relay thread's full pages are those whose blocks other
+/// threads freed (the tasks that ran its tunnels' close callbacks). Does nothing on another
 /// allocator.
 pub(crate) fn collect() {
     if IN_USE.load(Ordering::Relaxed) {
