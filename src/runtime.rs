@@ -103,7 +103,6 @@ impl Runtime {
     pub fn compile_with(cfg: &Config, filters: &Registry) -> Result<Runtime, ConfigError> {
         let mut issues = Issues::default();
         let (server_conf, extras) = server_conf(&cfg.server, &mut issues);
-        let (max_connections, relay_threads) = (extras.max_connections, extras.relay_threads);
 
         let mut listeners: Vec<Listener> = Vec::new();
         let mut redirect_ports = Vec::new();
@@ -363,8 +362,8 @@ impl Runtime {
             admin,
             admin_token,
             server_conf,
-            max_connections,
-            relay_threads,
+            max_connections: extras.max_connections,
+            relay_threads: extras.relay_threads,
             connections: crate::listener::ConnectionCount::new(usize::MAX),
             metrics: crate::metrics::Metrics::new(cfg.routes.len(), cfg.admin.metrics),
             warnings: issues.warnings,

@@ -156,13 +156,6 @@ struct Tunnel {
     home: tokio::runtime::Handle,
 }
 
-enum Turn {
-    /// Waits for readiness.
-    Wait,
-    /// Ends, for this reason.
-    End(TunnelEnd),
-}
-
 impl Tunnel {
     fn end(mut self: Box<Self>, end: TunnelEnd) {
         let stats = TunnelStats {
@@ -276,19 +269,17 @@ impl Tunnel {
         Ok(())
     }
 
-    /// Runs both directions after readiness changed.
-    fn turn(&mut self, scratch: &mut [u8], now: Instant) -> Turn {
+    /// Runs both directions after readiness changed; `Err` when the tunnel ends, and why.
+    fn turn(&mut self, scratch: &mut [u8], now: Instant) -> Result<(), TunnelEnd> {
         self.again = false;
         let mut moved = false;
         for s in 0..2 {
-            if let Err(end) = self.pump(s, scratch, &mut moved) {
-                return Turn::End(end);
-            }
+            self.pump(s, scratch, &mut moved)?;
         }
         if moved {
             self.last_activity = now;
         }
-        Turn::Wait
+        Ok(())
     }
 }
 
@@ -471,12 +462,12 @@ impl Reactor {
             return;
         };
         match t.turn(scratch, now) {
-            Turn::Wait => {
+            Ok(()) => {
                 if t.again {
                     self.again.push(idx);
                 }
             }
-            Turn::End(end) => self.remove(idx, end),
+            Err(end) => self.remove(idx, end),
         }
     }
 
