@@ -13,6 +13,10 @@
 //! side, or when no byte moved for the idle timeout (checked every eighth of it). `on_close`
 //! runs on the runtime the tunnel came from, spawned there when the tunnel ends; tunnels still
 //! open when the process exits end with it, without `on_close`.
+//!
+//! The loop's `recvfrom`, `sendto` and `epoll_pwait` are raw `syscall(2)`s: glibc's wrappers are
+//! cancellation points, which in a multi-threaded process cost two atomic updates per call
+//! (a single-threaded nginx worker skips them).
 
 use crate::tunnel::{DetachedTunnel, TunnelEnd, TunnelStats};
 use log::{debug, warn};
@@ -285,8 +289,18 @@ impl Tunnel {
 
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes.
-        let r = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+        // SAFETY: `buf` is valid for `buf.len()` bytes; no address is asked for.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                fd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                0,
+                std::ptr::null_mut::<libc::sockaddr>(),
+                std::ptr::null_mut::<libc::socklen_t>(),
+            )
+        };
         if r >= 0 {
             return Ok(r as usize);
         }
@@ -299,10 +313,18 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes. MSG_NOSIGNAL: a closed peer is an
-        // error here, not a SIGPIPE.
+        // SAFETY: `buf` is valid for `buf.len()` bytes; no address is given. MSG_NOSIGNAL: a
+        // closed peer is an error here, not a SIGPIPE.
         let r = unsafe {
-            libc::send(fd, buf.as_ptr() as *const _, buf.len(), libc::MSG_NOSIGNAL)
+            libc::syscall(
+                libc::SYS_sendto,
+                fd,
+                buf.as_ptr(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+                std::ptr::null::<libc::sockaddr>(),
+                0 as libc::socklen_t,
+            )
         };
         if r >= 0 {
             return Ok(r as usize);
@@ -375,6 +397,7 @@ impl Reactor {
         let mut scratch = vec![0u8; SCRATCH_SIZE].into_boxed_slice();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut again = Vec::new();
+        let mut now = Instant::now();
         loop {
             let timeout = if !self.again.is_empty() {
                 0
@@ -386,19 +409,23 @@ impl Reactor {
                 match due {
                     None => -1,
                     Some(t) => {
-                        let nanos = t.saturating_duration_since(Instant::now()).as_nanos();
+                        // `now` is the last batch's: late by that batch's work at most
+                        let nanos = t.saturating_duration_since(now).as_nanos();
                         // in ms, rounded up: waking before the check is due would only spin
                         nanos.div_ceil(1_000_000).min(i32::MAX as u128) as i32
                     }
                 }
             };
-            // SAFETY: `events` is valid for its length.
+            // SAFETY: `events` is valid for its length; no signal mask is given.
             let n = unsafe {
-                libc::epoll_wait(
+                libc::syscall(
+                    libc::SYS_epoll_pwait,
                     self.epoll.as_raw_fd(),
                     events.as_mut_ptr(),
-                    events.len() as i32,
+                    events.len() as libc::c_int,
                     timeout,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0 as libc::size_t,
                 )
             };
             if n < 0 {
@@ -411,7 +438,7 @@ impl Reactor {
                 continue;
             }
             // One clock read per batch: the time of last activity is the batch's.
-            let now = Instant::now();
+            now = Instant::now();
             for ev in &events[..n as usize] {
                 let (key, flags) = (ev.u64, ev.events);
                 if key == WAKE_KEY {
