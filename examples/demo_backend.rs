@@ -435,6 +435,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_response(
     out: &mut Vec<u8>,
     name: &str,
@@ -634,7 +635,7 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         let content_length: Option<u64> = req
             .header("content-length")
             .and_then(|v| v.trim().parse().ok());
-        let has_body = chunked || content_length.map_or(false, |n| n > 0);
+        let has_body = chunked || content_length.is_some_and(|n| n > 0);
         if has_body && req.header_has_token("expect", "100-continue") {
             stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
@@ -717,7 +718,7 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         } else if path == "/"
             && req
                 .header("accept")
-                .map_or(false, |a| a.contains("text/html"))
+                .is_some_and(|a| a.contains("text/html"))
         {
             let body = html_page(name);
             write_response(

@@ -92,7 +92,7 @@ pub struct MiMalloc;
 /// Whether `mi_malloc(size)` is aligned enough for `align` (see [`MiMalloc`]).
 #[inline(always)]
 fn plain_fits(size: usize, align: usize) -> bool {
-    align <= 8 || (align == 16 && size % 16 == 0)
+    align <= 8 || (align == 16 && size.is_multiple_of(16))
 }
 
 // SAFETY: every block comes from mimalloc and goes back to `mi_free`, which takes blocks from

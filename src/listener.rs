@@ -251,6 +251,8 @@ impl ConnectionLimiter {
 
     /// Counts a connection admitted without its client address (`guard` from `admit(None)`)
     /// against the per-IP cap once the address is known (a PROXY protocol header).
+    // `Err(())` as in `ConnectionFilter::admit`: the refusal is logged where it is decided.
+    #[allow(clippy::result_unit_err)]
     pub fn admit_late(
         &self,
         guard: Option<ConnectionGuard>,

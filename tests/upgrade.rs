@@ -158,7 +158,7 @@ async fn three_upgrades_under_load_lose_nothing() {
             let mut n = 0u64;
             while !stop.load(SeqCst) {
                 let msg = format!("c{i}-{n}");
-                if ws.send(Message::Text(msg.clone().into())).await.is_err() {
+                if ws.send(Message::Text(msg.clone())).await.is_err() {
                     t.ws_clean_close.fetch_add(1, SeqCst);
                     return;
                 }

@@ -58,7 +58,7 @@ async fn websocket_echo_through_the_gateway() {
         let m = format!("message {i} {}", "x".repeat(i * 100));
         assert_eq!(echo(&mut ws, &m).await, m);
     }
-    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into()))
+    ws.send(Message::Binary(vec![0u8, 1, 2, 255]))
         .await
         .unwrap();
     match ws.next().await {

@@ -185,7 +185,7 @@ fn has_underscore(n: &[u8]) -> bool {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&b| b == b'_')
+    chunks.remainder().contains(&b'_')
 }
 
 /// Whether `name` (a lower-case header name) is one a backend could take as the client's
@@ -943,6 +943,10 @@ fn fmt_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 mod tests {
     use super::*;
 
+    /// One request through `reused_lines_follow_every_input`: policy, peer, TLS, port, Host,
+    /// whether the header keeps its case.
+    type Step<'a> = (&'a Forwarded, &'a str, bool, u16, &'a [u8], bool);
+
     #[test]
     fn underscore_found_at_every_position_and_length() {
         for len in 0..40 {
@@ -1071,7 +1075,7 @@ mod tests {
             r.insert_header("Host", host).unwrap();
             r
         };
-        let steps: [(&Forwarded, &str, bool, u16, &[u8], bool); 10] = [
+        let steps: [Step; 10] = [
             (&plain, "192.0.2.1", false, 80, b"a.example", true),
             (&plain, "192.0.2.1", false, 80, b"a.example", true),
             (&plain, "192.0.2.2", false, 80, b"a.example", true),
@@ -1093,7 +1097,7 @@ mod tests {
             block_slot(peer("198.51.100.7")),
             block_slot(peer("192.0.2.2"))
         );
-        let interleaved: [(&Forwarded, &str, bool, u16, &[u8], bool); 6] = [
+        let interleaved: [Step; 6] = [
             (&plain, "198.51.100.7", true, 443, b"a.example", false),
             (&plain, "192.0.2.2", true, 443, b"b.example", false),
             (&plain, "198.51.100.7", true, 443, b"a.example", false),

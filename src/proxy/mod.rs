@@ -1004,8 +1004,8 @@ impl ProxyHttp for Gateway {
                 rt.metrics.request(
                     route,
                     101,
-                    stats.to_upstream as u64,
-                    stats.to_downstream as u64,
+                    stats.to_upstream,
+                    stats.to_downstream,
                 );
                 if let Some((head, route, times)) = line {
                     log::info!(

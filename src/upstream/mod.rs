@@ -526,6 +526,7 @@ fn check_duration(d: Dur, at: String, issues: &mut Issues) {
 
 impl Backend {
     /// A backend at `addr` (of server entry `configured`), tagged for pool `pool`.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         pool: &str,
         addr: SocketAddr,
