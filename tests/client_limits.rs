@@ -456,6 +456,7 @@ routes:
     // One connection in first; then fill the descriptor table with idle ones.
     let mut first = connect_from("127.0.0.1", gw.port).await;
     let mut idle = Vec::new();
+    let filling = Instant::now();
     for _ in 0..120 {
         idle.push(connect_from("127.0.0.1", gw.port).await);
     }
@@ -482,14 +483,17 @@ routes:
         get(gw.port, "localhost", "/b").await.status == 200
     })
     .await;
+    let seconds_full = filling.elapsed().as_secs_f64().ceil() as usize;
     let log = gw.log();
     assert!(served_again, "{log}");
     assert!(!log.contains("ejected"), "{log}");
     assert!(!log.contains("marked down"), "{log}");
+    // Once a second while the table was full (it filled after `filling`): a loop that retried
+    // at once would log thousands.
     let accept_lines = log.matches("Accept() failed").count();
     assert!(
-        accept_lines <= 4,
-        "accept failures logged once a second: {accept_lines}"
+        accept_lines <= seconds_full + 1,
+        "accept failures logged once a second: {accept_lines} in {seconds_full} s"
     );
 }
 

@@ -144,6 +144,28 @@ async fn configured_idle_timeout_is_honoured_both_ways() {
     );
 }
 
+/// The `101` the hand-written upgrade backends below answer with.
+const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
+/// Reads a request head off `s` for a hand-written upgrade backend; returns the bytes that
+/// came with it after the head (`None`: the connection ended first).
+async fn read_request_head(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(buf.split_off(i + 4));
+        }
+    }
+}
+
 /// A raw upgrade backend: answers the first request with `101` and `greeting` in ONE write,
 /// then echoes every byte it receives prefixed with `echo:`.
 async fn raw_upgrade_backend(greeting: &'static [u8]) -> std::net::SocketAddr {
@@ -153,20 +175,11 @@ async fn raw_upgrade_backend(greeting: &'static [u8]) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                // read the request header; keep what came after it
-                let rest = loop {
-                    let n = match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break buf.split_off(i + 4);
-                    }
+                let Some(rest) = read_request_head(&mut s).await else {
+                    return;
                 };
-                let mut head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+                let mut head = SWITCHING.to_vec();
                 head.extend_from_slice(greeting);
                 if s.write_all(&head).await.is_err() {
                     return;
@@ -443,16 +456,10 @@ async fn bulk_upgrade_backend() -> std::net::SocketAddr {
         while let Ok((s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let (mut r, mut w) = s.into_split();
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if r.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-                if w.write_all(ok).await.is_err() {
+                let Some(early) = read_request_head(&mut r).await else {
+                    return;
+                };
+                if w.write_all(SWITCHING).await.is_err() {
                     return;
                 }
                 let sender = tokio::spawn(async move {
@@ -467,7 +474,7 @@ async fn bulk_upgrade_backend() -> std::net::SocketAddr {
                     Some(w)
                 });
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let (mut got, mut bad) = (0, None);
+                let (mut got, mut bad) = (early.len(), bulk_mismatch(&early, 0, UP_SALT));
                 let mut buf = vec![0u8; 65536];
                 while got < BULK {
                     let n = match r.read(&mut buf).await {
@@ -549,25 +556,13 @@ async fn a_client_fin_right_behind_its_last_bytes_reaches_the_backend() {
         while let Ok((mut s, _)) = l.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut all = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let mut upgraded = false;
-                loop {
-                    let n = match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    all.extend_from_slice(&chunk[..n]);
-                    if !upgraded && all.windows(4).any(|w| w == b"\r\n\r\n") {
-                        upgraded = true;
-                        let i = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                        all.drain(..i + 4);
-                        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nready";
-                        if s.write_all(ok).await.is_err() {
-                            return;
-                        }
-                    }
+                let Some(mut all) = read_request_head(&mut s).await else {
+                    return;
+                };
+                if s.write_all(&[SWITCHING, b"ready"].concat()).await.is_err() {
+                    return;
                 }
+                let _ = s.read_to_end(&mut all).await;
                 let _ = tx.send(all);
             });
         }
