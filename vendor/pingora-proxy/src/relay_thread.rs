@@ -16,7 +16,8 @@
 //!
 //! The loop's `recvfrom`, `sendto` and `epoll_pwait` are raw `syscall(2)`s: glibc's wrappers are
 //! cancellation points, which in a multi-threaded process cost two atomic updates per call
-//! (a single-threaded nginx worker skips them).
+//! (a single-threaded nginx worker skips them). Their arguments are passed as `c_long`, the
+//! width `syscall(2)` reads each variadic argument at.
 
 use crate::tunnel::{DetachedTunnel, TunnelEnd, TunnelStats};
 use log::{debug, warn};
@@ -293,10 +294,10 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         let r = unsafe {
             libc::syscall(
                 libc::SYS_recvfrom,
-                fd,
+                fd as libc::c_long,
                 buf.as_mut_ptr(),
                 buf.len(),
-                0,
+                0 as libc::c_long,
                 std::ptr::null_mut::<libc::sockaddr>(),
                 std::ptr::null_mut::<libc::socklen_t>(),
             )
@@ -318,12 +319,12 @@ fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         let r = unsafe {
             libc::syscall(
                 libc::SYS_sendto,
-                fd,
+                fd as libc::c_long,
                 buf.as_ptr(),
                 buf.len(),
-                libc::MSG_NOSIGNAL,
+                libc::MSG_NOSIGNAL as libc::c_long,
                 std::ptr::null::<libc::sockaddr>(),
-                0 as libc::socklen_t,
+                0 as libc::c_long,
             )
         };
         if r >= 0 {
@@ -420,12 +421,12 @@ impl Reactor {
             let n = unsafe {
                 libc::syscall(
                     libc::SYS_epoll_pwait,
-                    self.epoll.as_raw_fd(),
+                    self.epoll.as_raw_fd() as libc::c_long,
                     events.as_mut_ptr(),
-                    events.len() as libc::c_int,
-                    timeout,
+                    events.len() as libc::c_long,
+                    timeout as libc::c_long,
                     std::ptr::null::<libc::sigset_t>(),
-                    0 as libc::size_t,
+                    0 as libc::c_long,
                 )
             };
             if n < 0 {
