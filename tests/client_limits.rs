@@ -488,11 +488,12 @@ routes:
     assert!(served_again, "{log}");
     assert!(!log.contains("ejected"), "{log}");
     assert!(!log.contains("marked down"), "{log}");
-    // Once a second while the table was full (it filled after `filling`): a loop that retried
-    // at once would log thousands.
+    // Once a second per listener while the table was full (it filled after `filling`); two
+    // listeners fail when the admin one has a connection waiting too (the start-up probe's, or
+    // a dashboard's). A loop that retried at once would log thousands.
     let accept_lines = log.matches("Accept() failed").count();
     assert!(
-        accept_lines <= seconds_full + 1,
+        accept_lines <= 2 * (seconds_full + 1),
         "accept failures logged once a second: {accept_lines} in {seconds_full} s"
     );
 }
