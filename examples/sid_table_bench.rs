@@ -68,7 +68,9 @@ fn main() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let sids: Vec<String> = (0..n as u64).map(|c| sid(&mut rng, c)).collect();
     assert_eq!(sids[0].len(), 20);
-    let misses: Vec<String> = (0..n as u64).map(|c| sid(&mut rng, (c + 1) << 20)).collect();
+    let misses: Vec<String> = (0..n as u64)
+        .map(|c| sid(&mut rng, (c + 1) << 20))
+        .collect();
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         order.swap(i, (rng.next() % (i as u64 + 1)) as usize);

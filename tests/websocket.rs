@@ -385,7 +385,10 @@ async fn memory_of_a_websocket_spike_is_given_back() {
     // 20 MiB: once they have closed, the gateway must give back at least half of it. glibc
     // alone keeps all of it: freed memory below live allocations is not trimmed.
     let b = Backend::start("node-1").await;
-    let gw = Gateway::start(&format!("server: {{ relay_threads: 0 }}\n{}", ws_config(&b, "")));
+    let gw = Gateway::start(&format!(
+        "server: {{ relay_threads: 0 }}\n{}",
+        ws_config(&b, "")
+    ));
     let before = warmed_rss(&gw).await;
     let peak = websocket_spike(&gw).await;
     let after = rss_settled(&gw, before + (peak - before) / 2).await;
@@ -507,9 +510,11 @@ async fn slow_readers_get_every_byte_in_order_both_ways() {
             .await
             .unwrap();
         let (mut r, mut w) = s.into_split();
-        w.write_all(b"GET /bulk HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-            .await
-            .unwrap();
+        w.write_all(
+            b"GET /bulk HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -532,7 +537,11 @@ async fn slow_readers_get_every_byte_in_order_both_ways() {
             .await
             .expect("8 MiB within 30 s")
             .unwrap();
-        assert_eq!(bulk_mismatch(&body, 0, DOWN_SALT), None, "{server}: down stream");
+        assert_eq!(
+            bulk_mismatch(&body, 0, DOWN_SALT),
+            None,
+            "{server}: down stream"
+        );
         let report = read_until_seen(&mut r, b"|", 2).await;
         let text = String::from_utf8_lossy(&report);
         assert!(
@@ -572,9 +581,11 @@ async fn a_client_fin_right_behind_its_last_bytes_reaches_the_backend() {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
             .await
             .unwrap();
-        s.write_all(b"GET /fin HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(
+            b"GET /fin HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let got = read_until(&mut s, b"ready").await;
         assert!(got.ends_with(b"ready"), "round {round}: {got:?}");
         // Let the tunnel settle on its relay, then bytes and FIN in one go.

@@ -197,9 +197,18 @@ mod tests {
         let map: serde_yaml::Mapping = serde_yaml::from_str("{}").unwrap();
         assert_eq!(server_conf(&map, &mut issues).1.relay_threads, None);
         for (yaml, want) in [
-            ("{ relay_threads: 257 }", "server.relay_threads: 257 is not a number in 0..=256"),
-            ("{ relay_threads: -1 }", "server.relay_threads: -1 is not a number in 0..=256"),
-            ("{ max_connections: 0 }", "server.max_connections: 0 is not a number in 1..=10000000"),
+            (
+                "{ relay_threads: 257 }",
+                "server.relay_threads: 257 is not a number in 0..=256",
+            ),
+            (
+                "{ relay_threads: -1 }",
+                "server.relay_threads: -1 is not a number in 0..=256",
+            ),
+            (
+                "{ max_connections: 0 }",
+                "server.max_connections: 0 is not a number in 1..=10000000",
+            ),
         ] {
             let (_, issues) = conf(yaml);
             assert!(

@@ -1001,12 +1001,8 @@ impl ProxyHttp for Gateway {
                 drop(websocket);
                 drop(in_flight);
                 drop(slot);
-                rt.metrics.request(
-                    route,
-                    101,
-                    stats.to_upstream,
-                    stats.to_downstream,
-                );
+                rt.metrics
+                    .request(route, 101, stats.to_upstream, stats.to_downstream);
                 if let Some((head, route, times)) = line {
                     log::info!(
                         target: "access",

@@ -304,7 +304,8 @@ impl Gateway {
 
     /// Current contents of the gateway's combined stdout+stderr.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log_path.display()))
+        fs::read_to_string(&self.log_path)
+            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log_path.display()))
     }
 
     /// Wait until the log contains `needle` (polling every 50 ms).
