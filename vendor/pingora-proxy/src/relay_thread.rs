@@ -288,20 +288,11 @@ impl Tunnel {
     }
 }
 
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// Makes a socket call, again when a signal interrupted it; its byte count or its error.
+#[inline(always)]
+fn retrying(mut call: impl FnMut() -> libc::c_long) -> io::Result<usize> {
     loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; no address is asked for.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_recvfrom,
-                fd as libc::c_long,
-                buf.as_mut_ptr(),
-                buf.len(),
-                0 as libc::c_long,
-                std::ptr::null_mut::<libc::sockaddr>(),
-                std::ptr::null_mut::<libc::socklen_t>(),
-            )
-        };
+        let r = call();
         if r >= 0 {
             return Ok(r as usize);
         }
@@ -312,29 +303,35 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes; no address is asked for.
+    retrying(|| unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd as libc::c_long,
+            buf.as_mut_ptr(),
+            buf.len(),
+            0 as libc::c_long,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    })
+}
+
 fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; no address is given. MSG_NOSIGNAL: a
-        // closed peer is an error here, not a SIGPIPE.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_sendto,
-                fd as libc::c_long,
-                buf.as_ptr(),
-                buf.len(),
-                libc::MSG_NOSIGNAL as libc::c_long,
-                std::ptr::null::<libc::sockaddr>(),
-                0 as libc::c_long,
-            )
-        };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: `buf` is valid for `buf.len()` bytes; no address is given. MSG_NOSIGNAL: a closed
+    // peer is an error here, not a SIGPIPE.
+    retrying(|| unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd as libc::c_long,
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_NOSIGNAL as libc::c_long,
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::c_long,
+        )
+    })
 }
 
 /// One relay thread's loop and its tunnels.
