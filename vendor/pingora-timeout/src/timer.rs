@@ -31,7 +31,7 @@
 use parking_lot::RwLock;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
@@ -124,6 +124,11 @@ pub struct TimerManager {
     paused: AtomicBool,
     // pingora-gateway patch (2): tells this manager's entry in `LAST_TIMER` from another's.
     id: u64,
+    // pingora-gateway patch (5): the clock thread sleeps without ticking while no timer is
+    // pending (set by it, cleared by the registration that wakes it); counts as running.
+    parked: AtomicBool,
+    // pingora-gateway patch (5): the running clock thread, for that wake-up.
+    clock: parking_lot::Mutex<Option<std::thread::Thread>>,
 }
 
 /// pingora-gateway patch (2): the buckets this thread registered into last, with their
@@ -165,6 +170,8 @@ impl Default for TimerManager {
                 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
                 NEXT_ID.fetch_add(1, Ordering::Relaxed)
             },
+            parked: AtomicBool::new(false),
+            clock: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -177,6 +184,8 @@ impl TimerManager {
 
     // This thread sleeps for a resolution time and then fires all the timers that are due to fire
     pub(crate) fn clock_thread(&self) {
+        // pingora-gateway patch (5): registered for the wake-up of a parked clock.
+        *self.clock.lock() = Some(std::thread::current());
         loop {
             std::thread::sleep(RESOLUTION_DURATION);
             let now = Instant::now() - self.zero;
@@ -187,6 +196,7 @@ impl TimerManager {
                 continue;
             }
             let now = now.as_millis();
+            let mut pending = false;
             // iterate through the timer tree for all threads
             for thread_timer in self.timers.iter() {
                 let mut timers = thread_timer.write();
@@ -207,7 +217,46 @@ impl TimerManager {
                         break;
                     }
                 }
+                pending |= !timers.is_empty();
                 // write lock drops here
+            }
+            if !pending {
+                self.park_while_idle();
+            }
+        }
+    }
+
+    /// pingora-gateway patch (5): with no timer pending, the clock thread stops ticking (an
+    /// idle process was woken 100 times a second) until a registration adds one. The flag is
+    /// set before the trees are checked again and a registration checks the flag after its
+    /// insert, both behind a `SeqCst` fence, so one of the two always sees the other: a timer
+    /// is never left in a tree with the clock parked.
+    fn park_while_idle(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let empty = self.timers.iter().all(|t| t.read().is_empty());
+        if !empty || self.is_paused_for_fork() {
+            self.parked.store(false, Ordering::SeqCst);
+            return;
+        }
+        while self.parked.load(Ordering::SeqCst) {
+            std::thread::park();
+        }
+    }
+
+    /// pingora-gateway patch (5): after a timer went into a tree: wakes the clock if parked.
+    /// The watchdog is refreshed before the flag is cleared, so that no one starts a second
+    /// clock thread for one that has only been asleep.
+    fn wake_parked_clock(&self) {
+        fence(Ordering::SeqCst);
+        if !self.parked.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        self.clock_watchdog.store(now, Ordering::SeqCst);
+        if self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(clock) = self.clock.lock().as_ref() {
+                clock.unpark();
             }
         }
     }
@@ -240,7 +289,8 @@ impl TimerManager {
     fn is_clock_running_at(&self, now: Instant) -> Result<(), i64> {
         let now = now.duration_since(self.zero).as_secs() as i64;
         let prev = self.clock_watchdog.load(Ordering::SeqCst);
-        if now < prev + DELAYS_SEC {
+        // pingora-gateway patch (5): a parked clock is running: the registration wakes it.
+        if now < prev + DELAYS_SEC || self.parked.load(Ordering::SeqCst) {
             Ok(())
         } else {
             Err(prev)
@@ -314,6 +364,8 @@ impl TimerManager {
         // only removes timer from the tree
         let stub = timer.subscribe();
         timers.insert(now, timer);
+        drop(timers);
+        self.wake_parked_clock();
         stub
     }
 
@@ -337,6 +389,14 @@ impl TimerManager {
     ///
     /// This function should be called right after fork().
     pub fn unpause(&self) {
+        // pingora-gateway patch (5): in a forked child, no clock thread exists: a flag the
+        // parent's parked clock set would keep a new one from ever being started. (Without a
+        // fork, the parked clock is woken and ticks again.)
+        if self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(clock) = self.clock.lock().as_ref() {
+                clock.unpark();
+            }
+        }
         self.paused.store(false, Ordering::SeqCst)
     }
 }
@@ -403,6 +463,45 @@ mod tests {
         t2.poll().await;
         // t2 fired along t1 so no extra wait time
         assert_eq!(now.elapsed().as_secs(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_clock_parks_and_a_registration_wakes_it() {
+        // pingora-gateway patch (5).
+        let tm_a = Arc::new(TimerManager::new());
+        let tm = tm_a.clone();
+        std::thread::spawn(move || tm_a.clock_thread());
+        let wait_parked = |tm: &TimerManager| {
+            let t0 = Instant::now();
+            while !tm.parked.load(Ordering::SeqCst) {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(2),
+                    "the idle clock never parked"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        wait_parked(&tm);
+        // Parked for longer than the watchdog allows: it stops ticking, yet counts as running
+        // (no second clock thread is started for it).
+        let watchdog = tm.clock_watchdog.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(DELAYS_SEC as u64 + 1));
+        assert_eq!(
+            tm.clock_watchdog.load(Ordering::SeqCst),
+            watchdog,
+            "a parked clock ticked"
+        );
+        assert!(tm.is_clock_running().is_ok());
+        assert!(!tm.should_i_start_clock());
+        // A registration wakes it, and the timer fires on time.
+        let now = Instant::now();
+        tm.register_timer(Duration::from_millis(50)).poll().await;
+        let waited = now.elapsed();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(waited < Duration::from_millis(500), "{waited:?}");
+        assert!(tm.is_clock_running().is_ok());
+        // Idle again: parked again.
+        wait_parked(&tm);
     }
 
     #[test]
