@@ -4,7 +4,9 @@
 #   bench/run.sh                      # RUNS=3 DURATION=8 by default
 #   RUNS=1 DURATION=3 bench/run.sh    # quick smoke run
 #
-# Env: RUNS (3), DURATION seconds per load run (8), HTTP_CONNS (64), WS_CONNS (200),
+# Env: RUNS (3), DURATION seconds per load run (8), ROUNDS short rounds per run of keep-alive
+#      GETs and WebSocket echo, the two scenarios where the gateway and nginx are closest (3),
+#      ROUND_DURATION seconds each (DURATION / 2, at least 2), HTTP_CONNS (64), WS_CONNS (200),
 #      IDLE_CONNS (5000), HOLD seconds the idle WebSockets are held (5), SIO_CLIENTS (20),
 #      SIO_EMITS (20), COUNT_DURATION seconds of the backend-connection counting pass (2),
 #      BENCH_WORK (/tmp/gwbench), SKIP_BUILD=1, NO_NETNS=1, PGO=1 (the gateway and bare
@@ -25,6 +27,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+ROUND_DURATION=${ROUND_DURATION:-$(( DURATION / 2 > 2 ? DURATION / 2 : 2 ))}
 HTTP_CONNS=${HTTP_CONNS:-64}
 WS_CONNS=${WS_CONNS:-200}
 IDLE_CONNS=${IDLE_CONNS:-5000}
@@ -32,7 +36,7 @@ HOLD=${HOLD:-5}
 SIO_CLIENTS=${SIO_CLIENTS:-20}
 SIO_EMITS=${SIO_EMITS:-20}
 WORK=${BENCH_WORK:-/tmp/gwbench}
-export RUNS DURATION HTTP_CONNS WS_CONNS IDLE_CONNS HOLD SIO_CLIENTS SIO_EMITS WORK
+export RUNS DURATION ROUNDS ROUND_DURATION HTTP_CONNS WS_CONNS IDLE_CONNS HOLD SIO_CLIENTS SIO_EMITS WORK
 
 REL="$ROOT/target/release"
 GW="$REL/gateway"
@@ -53,7 +57,7 @@ log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 if [[ "${1:-}" != "--inner" ]]; then
   START_TS=$(date +%s)
   export BENCH_START_TS=$START_TS
-  export BENCH_CMD="RUNS=$RUNS DURATION=$DURATION HTTP_CONNS=$HTTP_CONNS WS_CONNS=$WS_CONNS IDLE_CONNS=$IDLE_CONNS HOLD=$HOLD SIO_CLIENTS=$SIO_CLIENTS${PGO:+ PGO=$PGO} bench/run.sh"
+  export BENCH_CMD="RUNS=$RUNS DURATION=$DURATION ROUNDS=$ROUNDS ROUND_DURATION=$ROUND_DURATION HTTP_CONNS=$HTTP_CONNS WS_CONNS=$WS_CONNS IDLE_CONNS=$IDLE_CONNS HOLD=$HOLD SIO_CLIENTS=$SIO_CLIENTS${PGO:+ PGO=$PGO} bench/run.sh"
   need=()
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
@@ -105,7 +109,7 @@ if [[ "${1:-}" != "--inner" ]]; then
     export NO_NETNS=1   # the inner phase must not touch the host's nftables or sysctls
   fi
   # Hard bound on the whole measurement phase.
-  limit=$(( 120 + RUNS * (5 * (DURATION + 25) * 3 + 5 * 40 + 4 * (HOLD + 105) + 2 * (DURATION * 2 + 40)) ))
+  limit=$(( 120 + RUNS * (5 * (DURATION + 25) * 3 + ROUNDS * 12 * (ROUND_DURATION + 25) + 5 * 40 + 4 * (HOLD + 105) + 2 * (DURATION * 2 + 40)) ))
   timeout -k 15 "$limit" "${inner_cmd[@]}" &
   inner=$!
   trap 'kill -TERM $inner 2>/dev/null || true; wait $inner 2>/dev/null || true' EXIT INT TERM
@@ -423,14 +427,14 @@ wrk_parse() { # file -> "rps reqs p50_us p99_us errors"
   echo "${rps:-0} ${reqs:-0} ${p50:-0} ${p99:-0} $(( ${err:-0} + ${non2xx:-0} ))"
 }
 
-scn_http() { # target run mode(ka|close)
-  local t=$1 run=$2 mode=$3 port pids c0 c1 po0=0 po1=0 f hdr=()
+scn_http() { # target run mode(ka|close) [seconds]
+  local t=$1 run=$2 mode=$3 dur=${4:-$DURATION} port pids c0 c1 po0=0 po1=0 f hdr=()
   port=$(port_of "$t"); pids=$(target_pids "$t")
   [ "$mode" = close ] && hdr=(-H "Connection: close")
   f="$WORK/logs/wrk-$mode-$t-$run.txt"
   [ $BACKEND_SYN = 1 ] || po0=$(passive_opens)
   c0=$(cpu_ticks $pids)
-  bounded $((DURATION + 30)) taskset -c 1 wrk -t1 -c"$HTTP_CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/health" >"$f" 2>&1 || true
+  bounded $((dur + 30)) taskset -c 1 wrk -t1 -c"$HTTP_CONNS" -d"${dur}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/health" >"$f" 2>&1 || true
   c1=$(cpu_ticks $pids)
   [ $BACKEND_SYN = 1 ] || po1=$(passive_opens)
   read -r rps reqs p50 p99 errs < <(wrk_parse "$f")
@@ -471,11 +475,11 @@ scn_http() { # target run mode(ka|close)
   log "  $s $t: $rps req/s p50 ${p50}us p99 ${p99}us errors $errs cpu $(ticks_used "$c0" "$c1") ticks$extra"
 }
 
-scn_ws_echo() { # target run
-  local t=$1 run=$2 port pids c0 c1 out
+scn_ws_echo() { # target run [seconds]
+  local t=$1 run=$2 dur=${3:-$DURATION} port pids c0 c1 out
   port=$(port_of "$t"); pids=$(target_pids "$t")
   c0=$(cpu_ticks $pids)
-  out=$(bounded $((DURATION + 60)) taskset -c 1 "$WSB" echo --addr "127.0.0.1:$port" --conns "$WS_CONNS" --duration "${DURATION}s" --size 32 2>>"$WORK/logs/wsbench.err" | tail -1) || true
+  out=$(bounded $((dur + 60)) taskset -c 1 "$WSB" echo --addr "127.0.0.1:$port" --conns "$WS_CONNS" --duration "${dur}s" --size 32 2>>"$WORK/logs/wsbench.err" | tail -1) || true
   c1=$(cpu_ticks $pids)
   [ -n "$out" ] || out='{}'
   local msgs; msgs=$(jget "$out" messages)
@@ -576,15 +580,27 @@ rotated() { # run list... -> the list rotated left by run - 1
   local r=$1; shift; local n=$#; local a=("$@") i
   for ((i = 0; i < n; i++)); do echo "${a[$(((i + r - 1) % n))]}"; done
 }
+# Keep-alive and WebSocket echo, where the gateway and nginx are within a few per cent of each
+# other, run as ROUNDS short rounds per run instead of one long one: each round is a sample of
+# its own (numbered (run - 1) * ROUNDS + round), every target measured within seconds of the
+# others, so a slow minute of the VM moves one round of every target rather than one target's
+# whole run. The report gives the median of the samples and of the per-round ratios.
 for run in $(seq "$RUNS"); do
   mapfile -t ORDER < <(rotated "$run" "${TARGETS[@]}")
-  mapfile -t ORDER_KA < <(rotated "$run" "${TARGETS[@]}" "${EXTRA_KA[@]}")
-  log "run $run/$RUNS: HTTP keep-alive (${ORDER_KA[*]})"
-  for t in "${ORDER_KA[@]}"; do scn_http "$t" "$run" ka; done
+  for r in $(seq "$ROUNDS"); do
+    sample=$(( (run - 1) * ROUNDS + r ))
+    mapfile -t ORDER_KA < <(rotated "$sample" "${TARGETS[@]}" "${EXTRA_KA[@]}")
+    log "run $run/$RUNS, round $r/$ROUNDS: HTTP keep-alive (${ORDER_KA[*]})"
+    for t in "${ORDER_KA[@]}"; do scn_http "$t" "$sample" ka "$ROUND_DURATION"; done
+  done
   log "run $run/$RUNS: HTTP new connection per request (${ORDER[*]})"
   for t in "${ORDER[@]}"; do scn_http "$t" "$run" close; done
-  log "run $run/$RUNS: WebSocket echo (${ORDER[*]})"
-  for t in "${ORDER[@]}"; do scn_ws_echo "$t" "$run"; done
+  for r in $(seq "$ROUNDS"); do
+    sample=$(( (run - 1) * ROUNDS + r ))
+    mapfile -t ORDER_WS < <(rotated "$sample" "${TARGETS[@]}")
+    log "run $run/$RUNS, round $r/$ROUNDS: WebSocket echo (${ORDER_WS[*]})"
+    for t in "${ORDER_WS[@]}"; do scn_ws_echo "$t" "$sample" "$ROUND_DURATION"; done
+  done
   log "run $run/$RUNS: idle WebSockets"
   for t in gw bare nginx haproxy; do scn_ws_idle "$t" "$run"; done
   log "run $run/$RUNS: Socket.IO polling"
