@@ -254,6 +254,11 @@ impl TimerManager {
         }
         let now = Instant::now().duration_since(self.zero).as_secs() as i64;
         self.clock_watchdog.store(now, Ordering::SeqCst);
+        self.unpark_clock();
+    }
+
+    /// pingora-gateway patch (5): clears the flag and, if it was set, wakes the parked clock.
+    fn unpark_clock(&self) {
         if self.parked.swap(false, Ordering::SeqCst) {
             if let Some(clock) = self.clock.lock().as_ref() {
                 clock.unpark();
@@ -392,11 +397,7 @@ impl TimerManager {
         // pingora-gateway patch (5): in a forked child, no clock thread exists: a flag the
         // parent's parked clock set would keep a new one from ever being started. (Without a
         // fork, the parked clock is woken and ticks again.)
-        if self.parked.swap(false, Ordering::SeqCst) {
-            if let Some(clock) = self.clock.lock().as_ref() {
-                clock.unpark();
-            }
-        }
+        self.unpark_clock();
         self.paused.store(false, Ordering::SeqCst)
     }
 }
